@@ -1,0 +1,471 @@
+//! The catalogue's use cases: each one that changes state writes its events to the outbox in the
+//! same transaction.
+use chrono::Utc;
+use library_platform::bus::{EventMeta, HandleError, Outbox};
+use library_platform::paging::{self, PagingError};
+use library_proto::events::{
+    BookBorrowed, BookRegistered, BookRemoved, BookUpdated, OutOfStock, StockChanged,
+    StockReleased, StockReserved,
+};
+use library_proto::time::to_timestamp;
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::domain::{self, BookDraft, BookEdit, ValidationError};
+use crate::store::{books, reservations};
+
+pub use books::Model as Book;
+
+/// Why a catalogue operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Paging(#[from] PagingError),
+    #[error("no book has this id")]
+    NotFound,
+    #[error("{on_loan} copies are on loan")]
+    CopiesOnLoan { on_loan: i32 },
+    #[error("database failure: {0}")]
+    Database(#[from] DbErr),
+}
+
+/// One page of books.
+pub struct BookPage {
+    pub books: Vec<Book>,
+    pub next_page_token: String,
+    pub total_count: u64,
+}
+
+/// The catalogue: books, their stock, and the reservations of loans.
+#[derive(Clone)]
+pub struct Catalog {
+    db: DatabaseConnection,
+    outbox: Outbox,
+}
+
+fn new_event_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+fn stock_changed(book: &Book) -> StockChanged {
+    StockChanged {
+        event_id: new_event_id(),
+        occurred_at: Some(to_timestamp(Utc::now())),
+        book_id: book.id.clone(),
+        total_copies: book.total_copies,
+        available_copies: book.available_copies,
+    }
+}
+
+impl Catalog {
+    pub fn new(db: DatabaseConnection, outbox: Outbox) -> Self {
+        Self { db, outbox }
+    }
+
+    /// Registers a new book with all its copies on the shelf.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn register(&self, draft: BookDraft) -> Result<Book, CatalogError> {
+        let now = Utc::now();
+        let copies = draft.total_copies.get();
+        let book = books::ActiveModel {
+            id: Set(Uuid::now_v7().to_string()),
+            isbn: Set(draft.isbn.map(|i| i.as_str().to_owned())),
+            title: Set(draft.title.as_str().to_owned()),
+            author: Set(draft.author.as_str().to_owned()),
+            total_copies: Set(copies),
+            available_copies: Set(copies),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let txn = self.db.begin().await?;
+        let book = book.insert(&txn).await?;
+        let registered = BookRegistered {
+            event_id: new_event_id(),
+            occurred_at: Some(to_timestamp(now)),
+            book_id: book.id.clone(),
+            isbn: book.isbn.clone(),
+            title: book.title.clone(),
+            author: book.author.clone(),
+            total_copies: book.total_copies,
+        };
+        self.outbox.enqueue(&txn, &registered).await?;
+        self.outbox.enqueue(&txn, &stock_changed(&book)).await?;
+        self.outbox.commit(txn).await?;
+        tracing::info!(book_id = %book.id, copies, "book registered");
+        Ok(book)
+    }
+
+    /// Applies `edit`. A new total keeps the copies on loan on loan.
+    ///
+    /// # Errors
+    /// Unknown book, a total below the copies on loan, or a database failure.
+    pub async fn edit(&self, id: &str, edit: BookEdit) -> Result<Book, CatalogError> {
+        let txn = self.db.begin().await?;
+        let current = books::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or(CatalogError::NotFound)?;
+        let mut update = books::Entity::update_many()
+            .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()).into())
+            .filter(books::Column::Id.eq(id));
+        if let Some(isbn) = &edit.isbn {
+            update = update.col_expr(
+                books::Column::Isbn,
+                Expr::val(isbn.as_ref().map(|i| i.as_str().to_owned())).into(),
+            );
+        }
+        if let Some(title) = &edit.title {
+            update = update.col_expr(books::Column::Title, Expr::val(title.as_str()).into());
+        }
+        if let Some(author) = &edit.author {
+            update = update.col_expr(books::Column::Author, Expr::val(author.as_str()).into());
+        }
+        if let Some(total) = edit.total_copies {
+            let new_total = total.get();
+            // Checked again by the database: the copies on loan may have changed since the read.
+            update = update
+                .col_expr(
+                    books::Column::AvailableCopies,
+                    Expr::col(books::Column::AvailableCopies)
+                        .add(new_total)
+                        .sub(Expr::col(books::Column::TotalCopies)),
+                )
+                .col_expr(books::Column::TotalCopies, Expr::val(new_total).into())
+                .filter(
+                    Expr::col(books::Column::TotalCopies)
+                        .sub(Expr::col(books::Column::AvailableCopies))
+                        .lte(new_total),
+                );
+        }
+        if update.exec(&txn).await?.rows_affected == 0 {
+            let on_loan = current.total_copies - current.available_copies;
+            let fresh = books::Entity::find_by_id(id)
+                .one(&txn)
+                .await?
+                .ok_or(CatalogError::NotFound)?;
+            return Err(CatalogError::CopiesOnLoan {
+                on_loan: Ord::max(fresh.total_copies - fresh.available_copies, on_loan),
+            });
+        }
+        let book = books::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or(CatalogError::NotFound)?;
+        let updated = BookUpdated {
+            event_id: new_event_id(),
+            occurred_at: Some(to_timestamp(Utc::now())),
+            book_id: book.id.clone(),
+            isbn: book.isbn.clone(),
+            title: book.title.clone(),
+            author: book.author.clone(),
+            total_copies: book.total_copies,
+            available_copies: book.available_copies,
+        };
+        self.outbox.enqueue(&txn, &updated).await?;
+        if book.total_copies != current.total_copies {
+            self.outbox.enqueue(&txn, &stock_changed(&book)).await?;
+        }
+        self.outbox.commit(txn).await?;
+        tracing::info!(book_id = %book.id, "book edited");
+        Ok(book)
+    }
+
+    /// Removes a book that has no copy on loan.
+    ///
+    /// # Errors
+    /// Unknown book, copies on loan, or a database failure.
+    pub async fn remove(&self, id: &str) -> Result<(), CatalogError> {
+        let txn = self.db.begin().await?;
+        let deleted = books::Entity::delete_many()
+            .filter(books::Column::Id.eq(id))
+            .filter(
+                Expr::col(books::Column::AvailableCopies).eq(Expr::col(books::Column::TotalCopies)),
+            )
+            .exec(&txn)
+            .await?;
+        if deleted.rows_affected == 0 {
+            let book = books::Entity::find_by_id(id)
+                .one(&txn)
+                .await?
+                .ok_or(CatalogError::NotFound)?;
+            return Err(CatalogError::CopiesOnLoan {
+                on_loan: book.total_copies - book.available_copies,
+            });
+        }
+        let removed = BookRemoved {
+            event_id: new_event_id(),
+            occurred_at: Some(to_timestamp(Utc::now())),
+            book_id: id.to_owned(),
+        };
+        self.outbox.enqueue(&txn, &removed).await?;
+        self.outbox.commit(txn).await?;
+        tracing::info!(book_id = %id, "book removed");
+        Ok(())
+    }
+
+    /// # Errors
+    /// Unknown book or a database failure.
+    pub async fn get(&self, id: &str) -> Result<Book, CatalogError> {
+        books::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or(CatalogError::NotFound)
+    }
+
+    /// The books among `ids` that exist.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Book>, CatalogError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(books::Entity::find()
+            .filter(books::Column::Id.is_in(ids.iter().cloned()))
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Books whose title or author contains `search` (any case), by title.
+    ///
+    /// # Errors
+    /// A bad page size or token, or a database failure.
+    pub async fn list(
+        &self,
+        search: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<BookPage, CatalogError> {
+        let limit = paging::page_size(page_size)?;
+        let after = paging::decode_cursor(page_token, 2)?;
+        let mut matching = Condition::all();
+        let search = search.trim();
+        if !search.is_empty() {
+            let pattern = format!("%{}%", escape_like(&search.to_lowercase()));
+            matching = matching.add(
+                Condition::any()
+                    .add(
+                        Expr::expr(Func::lower(Expr::col(books::Column::Title)))
+                            .like(LikeExpr::new(pattern.clone()).escape('\\')),
+                    )
+                    .add(
+                        Expr::expr(Func::lower(Expr::col(books::Column::Author)))
+                            .like(LikeExpr::new(pattern).escape('\\')),
+                    ),
+            );
+        }
+        let total_count = books::Entity::find()
+            .filter(matching.clone())
+            .count(&self.db)
+            .await?;
+        let mut page = matching;
+        if let Some(after) = after {
+            let (title, id) = (after[0].clone(), after[1].clone());
+            page = page.add(
+                Condition::any()
+                    .add(books::Column::Title.gt(title.clone()))
+                    .add(books::Column::Title.eq(title).and(books::Column::Id.gt(id))),
+            );
+        }
+        let mut books = books::Entity::find()
+            .filter(page)
+            .order_by_asc(books::Column::Title)
+            .order_by_asc(books::Column::Id)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?;
+        let has_more = books.len() as u64 > limit;
+        books.truncate(limit as usize);
+        let next_page_token = match (has_more, books.last()) {
+            (true, Some(last)) => paging::encode_cursor(&[&last.title, &last.id]),
+            _ => String::new(),
+        };
+        Ok(BookPage {
+            books,
+            next_page_token,
+            total_count,
+        })
+    }
+
+    /// Copies available now, and whether that covers `quantity`.
+    ///
+    /// # Errors
+    /// Unknown book or a database failure.
+    pub async fn check_stock(&self, id: &str, quantity: i32) -> Result<(i32, bool), CatalogError> {
+        let available: Option<i32> = books::Entity::find_by_id(id)
+            .select_only()
+            .column(books::Column::AvailableCopies)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        let available = available.ok_or(CatalogError::NotFound)?;
+        Ok((available, domain::can_reserve(available, quantity)))
+    }
+
+    /// The book side of the borrow saga: reserve the loan's copies (`StockReserved`) or say why
+    /// not (`OutOfStock`). Applied once per event, whatever the redeliveries.
+    ///
+    /// # Errors
+    /// A database failure: the delivery is retried.
+    pub async fn reserve_for_loan(
+        &self,
+        borrowed: BookBorrowed,
+        meta: EventMeta,
+    ) -> Result<(), HandleError> {
+        let txn = self.db.begin().await?;
+        if !meta.claim(&txn).await? {
+            return Ok(());
+        }
+        let quantity = borrowed.quantity;
+        let taken = if quantity > 0 {
+            take_copies(&txn, &borrowed.book_id, quantity).await?
+        } else {
+            false
+        };
+        let book = books::Entity::find_by_id(&borrowed.book_id)
+            .one(&txn)
+            .await?;
+        let now = Utc::now();
+        match book {
+            Some(book) if taken => {
+                reservations::ActiveModel {
+                    loan_id: Set(borrowed.loan_id.clone()),
+                    book_id: Set(borrowed.book_id.clone()),
+                    quantity: Set(quantity),
+                    created_at: Set(now),
+                }
+                .insert(&txn)
+                .await?;
+                let reserved = StockReserved {
+                    event_id: new_event_id(),
+                    occurred_at: Some(to_timestamp(now)),
+                    loan_id: borrowed.loan_id.clone(),
+                    book_id: book.id.clone(),
+                    quantity,
+                    available_copies: book.available_copies,
+                };
+                self.outbox.enqueue(&txn, &reserved).await?;
+                self.outbox.enqueue(&txn, &stock_changed(&book)).await?;
+                tracing::info!(loan_id = %borrowed.loan_id, book_id = %book.id, quantity, "copies reserved");
+            }
+            book => {
+                let (available, reason) = match &book {
+                    Some(book) => (book.available_copies, "not enough copies"),
+                    None => (0, "book not in the catalogue"),
+                };
+                let refused = OutOfStock {
+                    event_id: new_event_id(),
+                    occurred_at: Some(to_timestamp(now)),
+                    loan_id: borrowed.loan_id.clone(),
+                    book_id: borrowed.book_id.clone(),
+                    requested: quantity,
+                    available_copies: available,
+                    reason: reason.to_owned(),
+                };
+                self.outbox.enqueue(&txn, &refused).await?;
+                tracing::info!(loan_id = %borrowed.loan_id, book_id = %borrowed.book_id, quantity, available, reason, "out of stock");
+            }
+        }
+        self.outbox.commit(txn).await?;
+        Ok(())
+    }
+
+    /// Puts up to `quantity` copies held by `loan_id` back on the shelf (a return or a
+    /// cancellation). A loan that holds nothing (canceled before any reservation) changes nothing.
+    ///
+    /// # Errors
+    /// A database failure: the delivery is retried.
+    pub async fn release_for_loan(
+        &self,
+        loan_id: &str,
+        quantity: i32,
+        meta: EventMeta,
+    ) -> Result<(), HandleError> {
+        let txn = self.db.begin().await?;
+        if !meta.claim(&txn).await? {
+            return Ok(());
+        }
+        let Some(reservation) = reservations::Entity::find_by_id(loan_id).one(&txn).await? else {
+            return Ok(txn.commit().await?);
+        };
+        let released = Ord::min(quantity, reservation.quantity);
+        if released <= 0 {
+            return Ok(txn.commit().await?);
+        }
+        let held = reservations::Entity::update_many()
+            .col_expr(
+                reservations::Column::Quantity,
+                Expr::col(reservations::Column::Quantity).sub(released),
+            )
+            .filter(reservations::Column::LoanId.eq(loan_id))
+            .filter(reservations::Column::Quantity.gte(released))
+            .exec(&txn)
+            .await?;
+        if held.rows_affected == 0 {
+            return Err(HandleError::Failed(
+                "the reservation changed under us".into(),
+            ));
+        }
+        books::Entity::update_many()
+            .col_expr(
+                books::Column::AvailableCopies,
+                Expr::col(books::Column::AvailableCopies).add(released),
+            )
+            .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()).into())
+            .filter(books::Column::Id.eq(&reservation.book_id))
+            .exec(&txn)
+            .await?;
+        if let Some(book) = books::Entity::find_by_id(&reservation.book_id)
+            .one(&txn)
+            .await?
+        {
+            let event = StockReleased {
+                event_id: new_event_id(),
+                occurred_at: Some(to_timestamp(Utc::now())),
+                loan_id: loan_id.to_owned(),
+                book_id: book.id.clone(),
+                quantity: released,
+                available_copies: book.available_copies,
+            };
+            self.outbox.enqueue(&txn, &event).await?;
+            self.outbox.enqueue(&txn, &stock_changed(&book)).await?;
+        }
+        self.outbox.commit(txn).await?;
+        tracing::info!(%loan_id, released, "copies released");
+        Ok(())
+    }
+}
+
+/// Takes `quantity` copies off the shelf if that many are there; one conditional update, so
+/// concurrent reservations can never take the stock below zero.
+async fn take_copies(
+    conn: &impl ConnectionTrait,
+    book_id: &str,
+    quantity: i32,
+) -> Result<bool, DbErr> {
+    let result = books::Entity::update_many()
+        .col_expr(
+            books::Column::AvailableCopies,
+            Expr::col(books::Column::AvailableCopies).sub(quantity),
+        )
+        .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()).into())
+        .filter(books::Column::Id.eq(book_id))
+        .filter(books::Column::AvailableCopies.gte(quantity))
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}

@@ -1,0 +1,164 @@
+//! book-svc: the catalogue and its stock, served over gRPC (`library.book.v1.BookService`).
+//!
+//! It owns the books and the copies each loan holds. It takes part in the borrow saga: on
+//! `BookBorrowed` it reserves the copies (`StockReserved`) or refuses (`OutOfStock`); on
+//! `BookReturned` and `LoanCanceled` it releases them. Every stock change publishes
+//! `StockChanged`. Invariant: `available + reserved copies of open loans == total`,
+//! `0 <= available <= total`.
+//!
+//! # Layout
+//! - `domain`: validation of books and the stock rules (no I/O).
+//! - `store`: sea-orm entities and migrations.
+//! - `catalog`: the use cases, each a transaction with its outbox events.
+//! - `grpc`: the tonic service.
+//! - `events`: what it consumes and the watch feed.
+mod catalog;
+pub mod domain;
+mod events;
+mod grpc;
+mod store;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use library_platform::bus::{EventBus, Outbox, Relay};
+use library_platform::config::{BusArgs, DatabaseArgs, TelemetryArgs};
+use library_platform::{CancellationToken, TaskTracker};
+use library_proto::book::book_service_server::{BookServiceServer, SERVICE_NAME};
+use tokio::net::TcpListener;
+
+pub use catalog::{Catalog, CatalogError};
+pub use store::Migrator;
+
+/// book-svc's settings.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "book-svc",
+    version,
+    about = "Catalogue and stock of the library, over gRPC"
+)]
+pub struct Config {
+    /// Where the gRPC server listens.
+    #[arg(
+        long = "book-grpc-addr",
+        env = "BOOK_GRPC_ADDR",
+        default_value = "0.0.0.0:50051"
+    )]
+    pub grpc_addr: SocketAddr,
+    /// book-svc's own log level (e.g. DEBUG); wins over RUST_LOG's default level.
+    #[arg(long = "book-log-level", env = "BOOK_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub bus: BusArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// A built book-svc: database migrated, port bound, consumers subscribed; not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    catalog: Catalog,
+    relay: Relay,
+    watch: events::StockWatch,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Connects and migrates the database, binds the gRPC port and subscribes to the bus.
+    ///
+    /// # Errors
+    /// The database cannot be opened or migrated, or the port cannot be bound.
+    pub async fn build(
+        config: &Config,
+        bus: EventBus,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let url = config.database.url_or_default("book");
+        let db = library_platform::database::connect_and_migrate::<Migrator>(&url).await?;
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("BOOK_GRPC_ADDR: cannot listen on {}", config.grpc_addr))?;
+        let outbox = Outbox::default();
+        let catalog = Catalog::new(db.clone(), outbox.clone());
+        let tracker = TaskTracker::new();
+        bus.consume(
+            events::SAGA_QUEUE,
+            events::subscriptions(catalog.clone()),
+            &tracker,
+            shutdown.clone(),
+        );
+        let watch = events::StockWatch::start(&bus, &tracker, shutdown.clone());
+        let relay = Relay::new(db, bus, &outbox);
+        Ok(Self {
+            listener,
+            catalog,
+            relay,
+            watch,
+            tracker,
+            shutdown,
+        })
+    }
+
+    /// The bound port (useful with port 0 in tests).
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// The catalogue, for tests that drive it directly.
+    pub fn catalog(&self) -> Catalog {
+        self.catalog.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains.
+    ///
+    /// # Errors
+    /// The gRPC server failed.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            catalog,
+            relay,
+            watch,
+            tracker,
+            shutdown,
+        } = self;
+        tracker.spawn(relay.run(shutdown.clone()));
+        let (reporter, router) = library_platform::grpc::server()?;
+        let service = grpc::BookGrpc {
+            catalog,
+            watch,
+            shutdown: shutdown.clone(),
+        };
+        let router = router.add_service(BookServiceServer::new(service));
+        tracing::info!(addr = %listener.local_addr()?, "book-svc serving gRPC");
+        let served = library_platform::grpc::serve(
+            router,
+            listener,
+            reporter,
+            &[SERVICE_NAME],
+            shutdown.clone(),
+        )
+        .await;
+        shutdown.cancel();
+        library_platform::service::drain("book-svc", &tracker).await;
+        Ok(served?)
+    }
+}
+
+/// Runs book-svc standalone: RabbitMQ is required.
+///
+/// # Errors
+/// A missing or bad setting, or a failure to start.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let bus = library_platform::service::required_bus(&config.bus)?;
+    let app = Application::build(&config, bus.clone(), shutdown).await?;
+    let result = app.run_until_stopped().await;
+    bus.close().await;
+    result
+}

@@ -1,0 +1,19 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use library_platform::telemetry::ServiceLevel;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = book_svc::Config::parse();
+    let (telemetry, log_level) = (config.telemetry.clone(), config.log_level.clone());
+    let level = ServiceLevel {
+        setting: "BOOK_LOG_LEVEL",
+        target: "book_svc",
+        level: log_level.as_deref(),
+    };
+    library_platform::service::run_main("book-svc", &telemetry, &[level], |shutdown| {
+        book_svc::run(config, shutdown)
+    })
+    .await
+}

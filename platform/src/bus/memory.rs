@@ -1,0 +1,144 @@
+//! The in-process transport (the all-in-one's default). A publish hands each message to every
+//! queue bound to its routing key and returns only once every durable consumer has committed it,
+//! so the publisher's outbox row stays until the event has taken effect: a crash at any point
+//! loses nothing, and consumers de-duplicate the replay.
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{BusError, EventEnvelope, Subscriptions};
+
+/// A message a consumer gave up on, with why.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub queue: String,
+    pub envelope: EventEnvelope,
+    pub error: String,
+}
+
+pub(super) struct Delivery {
+    envelope: EventEnvelope,
+    /// Answered once the consumer committed (or dead-lettered); absent for listeners.
+    done: Option<oneshot::Sender<()>>,
+}
+
+struct Queue {
+    routing_keys: Vec<String>,
+    durable: bool,
+    sender: mpsc::UnboundedSender<Delivery>,
+}
+
+#[derive(Default)]
+pub(super) struct MemoryBus {
+    queues: Mutex<Vec<Queue>>,
+    dead_letters: Mutex<Vec<DeadLetter>>,
+}
+
+impl MemoryBus {
+    pub(super) fn declare(
+        &self,
+        _name: &str,
+        routing_keys: Vec<String>,
+        durable: bool,
+    ) -> mpsc::UnboundedReceiver<Delivery> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        lock(&self.queues).push(Queue {
+            routing_keys,
+            durable,
+            sender,
+        });
+        receiver
+    }
+
+    pub(super) async fn publish(&self, batch: &[EventEnvelope]) -> Result<(), BusError> {
+        let mut acks = Vec::new();
+        {
+            let mut queues = lock(&self.queues);
+            queues.retain(|q| q.durable || !q.sender.is_closed());
+            for envelope in batch {
+                for queue in queues
+                    .iter()
+                    .filter(|q| q.routing_keys.contains(&envelope.routing_key))
+                {
+                    let (done, ack) = if queue.durable {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some(rx))
+                    } else {
+                        (None, None)
+                    };
+                    let delivered = queue
+                        .sender
+                        .send(Delivery {
+                            envelope: envelope.clone(),
+                            done,
+                        })
+                        .is_ok();
+                    match (delivered, ack) {
+                        (true, Some(ack)) => acks.push(ack),
+                        (false, Some(_)) => return Err(BusError::ConsumerGone),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for ack in acks {
+            ack.await.map_err(|_| BusError::ConsumerGone)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn dead_letters(&self) -> Vec<DeadLetter> {
+        lock(&self.dead_letters).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(super) async fn consume(
+    bus: Arc<MemoryBus>,
+    queue: String,
+    mut receiver: mpsc::UnboundedReceiver<Delivery>,
+    subscriptions: Arc<Subscriptions>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            delivery = receiver.recv() => match delivery { Some(d) => d, None => break },
+        };
+        if let Err(error) = subscriptions.dispatch(&delivery.envelope).await {
+            tracing::error!(%queue, event_id = %delivery.envelope.event_id, %error, "event dead-lettered");
+            lock(&bus.dead_letters).push(DeadLetter {
+                queue: queue.clone(),
+                envelope: delivery.envelope,
+                error,
+            });
+        }
+        if let Some(done) = delivery.done {
+            let _ = done.send(());
+        }
+    }
+}
+
+pub(super) async fn listen<F>(
+    mut receiver: mpsc::UnboundedReceiver<Delivery>,
+    on_event: F,
+    shutdown: CancellationToken,
+) where
+    F: Fn(EventEnvelope),
+{
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            delivery = receiver.recv() => match delivery {
+                Some(d) => on_event(d.envelope),
+                None => break,
+            },
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The event bus: how a service's state changes reach the other services, never lost and never
+//! applied twice.
+//!
+//! A producer writes its events to the `outbox_events` table in the transaction that changes its
+//! state ([`Outbox`]); a [`Relay`] publishes committed rows in batches and deletes them only once
+//! the transport confirmed them. A consumer ([`Subscriptions`]) records each event id in
+//! `processed_events` in the transaction that applies it ([`EventMeta::claim`]), so a redelivery
+//! does nothing, and the message is acknowledged only after that commit. A message that cannot be
+//! decoded, or that keeps failing, goes to the dead-letter queue with its error.
+//!
+//! Two transports sit behind [`EventBus`]: RabbitMQ (one durable topic exchange, a durable queue
+//! per consumer and a `.dlq` beside it) and an in-process one for the all-in-one binary, whose
+//! publish returns only after every consumer committed, so the outbox stays the durable record.
+//!
+//! # Layout
+//! - `outbox`: [`Outbox`], [`EventMeta::claim`] and the shared migration.
+//! - `relay`: [`Relay`].
+//! - `consumer`: [`Subscriptions`], retries and dead-lettering, shared by both transports.
+//! - `rabbit`, `memory`: the transports.
+
+mod consumer;
+mod memory;
+mod outbox;
+mod rabbit;
+mod relay;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use library_proto::DomainEvent;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use consumer::{EventMeta, HandleError, Subscriptions};
+pub use memory::DeadLetter;
+pub use outbox::{Outbox, bus_migration};
+pub use relay::{Relay, Relayed};
+
+/// An event as it travels: the encoded Protobuf body plus what consumers need before decoding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventEnvelope {
+    /// Unique id; consumers de-duplicate on it (AMQP `message_id`).
+    pub event_id: String,
+    /// Message name, e.g. `BookBorrowed` (AMQP `type`).
+    pub event_type: String,
+    /// `<context>.<event>`, e.g. `borrow.book_borrowed`.
+    pub routing_key: String,
+    /// The Protobuf-encoded event.
+    pub payload: Vec<u8>,
+    /// When the change happened (AMQP `timestamp`).
+    pub occurred_at: DateTime<Utc>,
+    /// W3C trace context of the change.
+    pub traceparent: Option<String>,
+}
+
+impl EventEnvelope {
+    /// Wraps `event`, taking the trace context of the current span.
+    pub fn of<E: DomainEvent>(event: &E) -> Self {
+        Self {
+            event_id: event.event_id().to_owned(),
+            event_type: E::NAME.to_owned(),
+            routing_key: E::ROUTING_KEY.to_owned(),
+            payload: event.encode_to_vec(),
+            occurred_at: Utc::now(),
+            traceparent: crate::telemetry::current_traceparent(),
+        }
+    }
+}
+
+/// Names on the broker. Production uses the contract's names; tests use a unique prefix so runs
+/// never collide.
+#[derive(Clone, Debug)]
+pub struct BusNames {
+    /// The topic exchange (`library.events`).
+    pub exchange: String,
+    /// Put before every queue name (empty in production).
+    pub queue_prefix: String,
+    /// Queues vanish after this long unused (tests only; `None` in production).
+    pub queue_expires_ms: Option<u32>,
+}
+
+impl Default for BusNames {
+    fn default() -> Self {
+        Self {
+            exchange: "library.events".into(),
+            queue_prefix: String::new(),
+            queue_expires_ms: None,
+        }
+    }
+}
+
+impl BusNames {
+    /// The dead-letter exchange beside the main one.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.exchange)
+    }
+    /// A consumer queue's full name.
+    pub fn queue(&self, name: &str) -> String {
+        format!("{}{}", self.queue_prefix, name)
+    }
+}
+
+/// A failure of the transport; the caller retries later.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("AMQP_URL: `{0}` is not an amqp:// or amqps:// URL")]
+    BadUrl(String),
+    #[error("the broker is unreachable: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused message {0}")]
+    Nacked(String),
+    #[error("an in-process consumer stopped before it acknowledged")]
+    ConsumerGone,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Rabbit(Arc<rabbit::RabbitBus>),
+    Memory(Arc<memory::MemoryBus>),
+}
+
+/// The seam every service talks to; it never sees lapin.
+#[derive(Clone)]
+pub struct EventBus {
+    transport: Transport,
+}
+
+impl EventBus {
+    /// RabbitMQ at `url`. Connects lazily and reconnects after a broker restart, so a service
+    /// starts (and keeps committing to its outbox) while the broker is down.
+    ///
+    /// # Errors
+    /// A URL that is not `amqp://` or `amqps://`.
+    pub fn rabbitmq(url: &str, names: BusNames) -> Result<Self, BusError> {
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(BusError::BadUrl(crate::database::redact(url)));
+        }
+        Ok(Self {
+            transport: Transport::Rabbit(Arc::new(rabbit::RabbitBus::new(url, names))),
+        })
+    }
+
+    /// The in-process transport (the all-in-one's default).
+    pub fn in_process() -> Self {
+        Self {
+            transport: Transport::Memory(Arc::new(memory::MemoryBus::default())),
+        }
+    }
+
+    /// True for the in-process transport.
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.transport, Transport::Memory(_))
+    }
+
+    /// Publishes `batch` in order; returns once the transport confirmed every message.
+    ///
+    /// # Errors
+    /// The broker is unreachable or refused a message; nothing is known to be delivered.
+    pub async fn publish(&self, batch: &[EventEnvelope]) -> Result<(), BusError> {
+        match &self.transport {
+            Transport::Rabbit(bus) => bus.publish(batch).await,
+            Transport::Memory(bus) => bus.publish(batch).await,
+        }
+    }
+
+    /// Starts consuming the durable queue `queue` (declared with its bindings and dead-letter
+    /// queue) until `shutdown`; in-flight messages finish first.
+    pub fn consume(
+        &self,
+        queue: &str,
+        subscriptions: Subscriptions,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let subscriptions = Arc::new(subscriptions);
+        match &self.transport {
+            Transport::Rabbit(bus) => {
+                tracker.spawn(rabbit::consume(
+                    bus.clone(),
+                    queue.to_owned(),
+                    subscriptions,
+                    shutdown,
+                ));
+            }
+            Transport::Memory(bus) => {
+                let rx = bus.declare(queue, subscriptions.routing_keys(), true);
+                tracker.spawn(memory::consume(
+                    bus.clone(),
+                    queue.to_owned(),
+                    rx,
+                    subscriptions,
+                    shutdown,
+                ));
+            }
+        }
+    }
+
+    /// Calls `on_event` for every event with one of `routing_keys`, on this replica only, with no
+    /// durability: for live views (gRPC watch streams) that re-read the state anyway.
+    pub fn listen<F>(
+        &self,
+        routing_keys: &[&str],
+        on_event: F,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) where
+        F: Fn(EventEnvelope) + Send + Sync + 'static,
+    {
+        let keys: Vec<String> = routing_keys.iter().map(|k| (*k).to_owned()).collect();
+        match &self.transport {
+            Transport::Rabbit(bus) => {
+                tracker.spawn(rabbit::listen(
+                    bus.clone(),
+                    keys,
+                    Arc::new(on_event),
+                    shutdown,
+                ));
+            }
+            Transport::Memory(bus) => {
+                let rx = bus.declare("listener", keys, false);
+                tracker.spawn(memory::listen(rx, on_event, shutdown));
+            }
+        }
+    }
+
+    /// Messages the in-process transport dead-lettered (RabbitMQ keeps them in `.dlq` queues).
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        match &self.transport {
+            Transport::Memory(bus) => bus.dead_letters(),
+            Transport::Rabbit(_) => Vec::new(),
+        }
+    }
+
+    /// Closes the broker connection cleanly (after consumers and the relay stopped).
+    pub async fn close(&self) {
+        if let Transport::Rabbit(bus) = &self.transport {
+            bus.close().await;
+        }
+    }
+}

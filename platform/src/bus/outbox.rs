@@ -1,0 +1,178 @@
+//! The transactional outbox: events are rows written in the same transaction as the change they
+//! describe, so a change and its event commit or vanish together.
+use std::sync::Arc;
+
+use library_proto::DomainEvent;
+use sea_orm::sea_query::{ColumnDef, Expr, Index, Query, Table};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, DeriveIden};
+use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
+use tokio::sync::Notify;
+
+use super::EventEnvelope;
+
+#[derive(DeriveIden)]
+pub(super) enum OutboxEvents {
+    Table,
+    Id,
+    EventId,
+    EventType,
+    RoutingKey,
+    Payload,
+    Traceparent,
+    OccurredAt,
+}
+
+#[derive(DeriveIden)]
+pub(super) enum ProcessedEvents {
+    Table,
+    Consumer,
+    EventId,
+    ProcessedAt,
+}
+
+/// Writes events into the outbox and wakes the relay once they are committed.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    /// Rung after each commit so the relay publishes at once instead of at its next poll.
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Adds `event` to the outbox inside the caller's transaction.
+    ///
+    /// # Errors
+    /// The insert failed; the caller's transaction must not commit.
+    pub async fn enqueue<E: DomainEvent>(
+        &self,
+        txn: &impl ConnectionTrait,
+        event: &E,
+    ) -> Result<(), DbErr> {
+        let envelope = EventEnvelope::of(event);
+        let insert = Query::insert()
+            .into_table(OutboxEvents::Table)
+            .columns([
+                OutboxEvents::EventId,
+                OutboxEvents::EventType,
+                OutboxEvents::RoutingKey,
+                OutboxEvents::Payload,
+                OutboxEvents::Traceparent,
+                OutboxEvents::OccurredAt,
+            ])
+            .values_panic([
+                envelope.event_id.into(),
+                envelope.event_type.into(),
+                envelope.routing_key.into(),
+                envelope.payload.into(),
+                envelope.traceparent.into(),
+                envelope.occurred_at.into(),
+            ])
+            .to_owned();
+        txn.execute(&insert).await?;
+        Ok(())
+    }
+
+    /// Commits `txn` and wakes the relay.
+    ///
+    /// # Errors
+    /// The commit failed: neither the change nor its events happened.
+    pub async fn commit(&self, txn: DatabaseTransaction) -> Result<(), DbErr> {
+        txn.commit().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    pub(super) fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+}
+
+/// The migration every service that publishes or consumes includes: the outbox and the
+/// processed-events table.
+pub fn bus_migration() -> Box<dyn MigrationTrait> {
+    Box::new(CreateEventTables)
+}
+
+struct CreateEventTables;
+
+impl MigrationName for CreateEventTables {
+    fn name(&self) -> &str {
+        "m20261125_000000_create_event_tables"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for CreateEventTables {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(OutboxEvents::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(OutboxEvents::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(OutboxEvents::EventId)
+                            .string_len(64)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(OutboxEvents::EventType)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(OutboxEvents::RoutingKey)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(OutboxEvents::Payload).blob().not_null())
+                    .col(
+                        ColumnDef::new(OutboxEvents::Traceparent)
+                            .string_len(64)
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(OutboxEvents::OccurredAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(ProcessedEvents::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(ProcessedEvents::Consumer)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ProcessedEvents::EventId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ProcessedEvents::ProcessedAt)
+                            .timestamp_with_time_zone()
+                            .not_null()
+                            .default(Expr::current_timestamp()),
+                    )
+                    .primary_key(
+                        Index::create()
+                            .col(ProcessedEvents::Consumer)
+                            .col(ProcessedEvents::EventId),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+}

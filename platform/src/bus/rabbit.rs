@@ -1,0 +1,467 @@
+//! The RabbitMQ transport (lapin). One connection per process, re-opened after a broker restart;
+//! a publisher channel in confirm mode; one channel per consumer with a bounded prefetch.
+//!
+//! Topology, declared by whoever needs it first (all declarations are idempotent):
+//! - `library.events`: durable topic exchange for every event;
+//! - `library.events.dlx`: durable direct exchange for dead letters;
+//! - `<queue>`: durable queue per consumer, bound to the routing keys it handles, dead-lettering
+//!   to `library.events.dlx` with its own name as routing key;
+//! - `<queue>.dlq`: durable queue bound to `library.events.dlx` under `<queue>`.
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use futures::{StreamExt, TryStreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::{BusError, BusNames, EventEnvelope, Subscriptions};
+
+/// Deliveries one consumer holds unacknowledged, and handles at once.
+const PREFETCH: u16 = 64;
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+const PERSISTENT: u8 = 2;
+
+pub(super) struct RabbitBus {
+    url: String,
+    names: BusNames,
+    connection: Mutex<Option<Arc<Connection>>>,
+    publisher: Mutex<Option<Channel>>,
+}
+
+impl RabbitBus {
+    pub(super) fn new(url: &str, names: BusNames) -> Self {
+        Self {
+            url: url.to_owned(),
+            names,
+            connection: Mutex::new(None),
+            publisher: Mutex::new(None),
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, lapin::Error> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref()
+            && conn.status().connected()
+        {
+            return Ok(conn.clone());
+        }
+        let conn = Arc::new(Connection::connect(&self.url, ConnectionProperties::default()).await?);
+        tracing::info!("connected to RabbitMQ");
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn open_channel(&self) -> Result<Channel, lapin::Error> {
+        let channel = self.connection().await?.create_channel().await?;
+        channel
+            .exchange_declare(
+                self.names.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(channel)
+    }
+
+    pub(super) async fn publish(&self, batch: &[EventEnvelope]) -> Result<(), BusError> {
+        let mut slot = self.publisher.lock().await;
+        let result = self.publish_on(&mut slot, batch).await;
+        if result.is_err() {
+            // A channel that failed once is not trusted again.
+            *slot = None;
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        slot: &mut Option<Channel>,
+        batch: &[EventEnvelope],
+    ) -> Result<(), BusError> {
+        let channel = match slot.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = self.open_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                *slot = Some(channel.clone());
+                channel
+            }
+        };
+        let mut confirms = Vec::with_capacity(batch.len());
+        for envelope in batch {
+            let confirm = channel
+                .basic_publish(
+                    self.names.exchange.as_str().into(),
+                    envelope.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &envelope.payload,
+                    properties_of(envelope),
+                )
+                .await?;
+            confirms.push((envelope, confirm));
+        }
+        for (envelope, confirm) in confirms {
+            if !confirm.await?.is_ack() {
+                return Err(BusError::Nacked(envelope.event_id.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares `queue` with its bindings and its dead-letter queue.
+    async fn declare_consumer_queue(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        keys: &[String],
+    ) -> Result<(), lapin::Error> {
+        let dlx = self.names.dead_letter_exchange();
+        channel
+            .exchange_declare(
+                dlx.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let dlq = format!("{queue}.dlq");
+        channel
+            .queue_declare(dlq.as_str().into(), durable(), self.queue_arguments())
+            .await?;
+        channel
+            .queue_bind(
+                dlq.as_str().into(),
+                dlx.as_str().into(),
+                queue.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = self.queue_arguments();
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.as_str().into()),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.into()),
+        );
+        channel
+            .queue_declare(queue.into(), durable(), arguments)
+            .await?;
+        for key in keys {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    self.names.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn queue_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if let Some(ms) = self.names.queue_expires_ms {
+            arguments.insert("x-expires".into(), AMQPValue::LongUInt(ms));
+        }
+        arguments
+    }
+
+    pub(super) async fn close(&self) {
+        if let Some(channel) = self.publisher.lock().await.take() {
+            let _ = channel.close(200, "shutting down".into()).await;
+        }
+        if let Some(conn) = self.connection.lock().await.take() {
+            let _ = conn.close(200, "shutting down".into()).await;
+        }
+    }
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn properties_of(envelope: &EventEnvelope) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(tp) = &envelope.traceparent {
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(tp.as_str().into()),
+        );
+    }
+    BasicProperties::default()
+        .with_message_id(envelope.event_id.as_str().into())
+        .with_type(envelope.event_type.as_str().into())
+        .with_timestamp(u64::try_from(envelope.occurred_at.timestamp()).unwrap_or_default())
+        .with_content_type("application/x-protobuf".into())
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers)
+}
+
+fn envelope_of(delivery: &Delivery) -> EventEnvelope {
+    let props = &delivery.properties;
+    let traceparent = props
+        .headers()
+        .as_ref()
+        .and_then(|h| match h.inner().get("traceparent") {
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        });
+    let occurred_at = props
+        .timestamp()
+        .and_then(|t| i64::try_from(t).ok())
+        .and_then(|t| Utc.timestamp_opt(t, 0).single())
+        .unwrap_or_else(Utc::now);
+    EventEnvelope {
+        event_id: props
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        event_type: props
+            .kind()
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        payload: delivery.data.clone(),
+        occurred_at,
+        traceparent,
+    }
+}
+
+/// Consumes `queue` until `shutdown`, reconnecting with backoff whenever the broker goes away.
+pub(super) async fn consume(
+    bus: Arc<RabbitBus>,
+    queue: String,
+    subscriptions: Arc<Subscriptions>,
+    shutdown: CancellationToken,
+) {
+    let queue = bus.names.queue(&queue);
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let outcome = consume_session(&bus, &queue, &subscriptions, &shutdown).await;
+        match outcome {
+            Ok(true) => break,
+            Ok(false) | Err(_) => {
+                let error = outcome
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "the broker closed the stream".into());
+                tracing::warn!(%queue, %error, retry_in_ms = delay.as_millis() as u64, "consumer lost the broker; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {},
+                }
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+            }
+        }
+    }
+}
+
+async fn consume_session(
+    bus: &RabbitBus,
+    queue: &str,
+    subscriptions: &Subscriptions,
+    shutdown: &CancellationToken,
+) -> Result<bool, lapin::Error> {
+    let channel = bus.open_channel().await?;
+    bus.declare_consumer_queue(&channel, queue, &subscriptions.routing_keys())
+        .await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(%queue, "consuming");
+    let dlx = bus.names.dead_letter_exchange();
+    // Stop taking deliveries at shutdown; those in flight finish and are acknowledged.
+    consumer
+        .take_until(shutdown.clone().cancelled_owned())
+        .try_for_each_concurrent(usize::from(PREFETCH), |delivery| {
+            let channel = &channel;
+            let dlx = dlx.as_str();
+            async move { settle(channel, dlx, queue, subscriptions, delivery).await }
+        })
+        .await?;
+    close_if_stopping(&channel, shutdown).await
+}
+
+/// After a session's stream ended: `Ok(true)` when it ended because the process stops (the
+/// channel is closed cleanly), `Ok(false)` when the broker ended it.
+async fn close_if_stopping(
+    channel: &Channel,
+    shutdown: &CancellationToken,
+) -> Result<bool, lapin::Error> {
+    if shutdown.is_cancelled() {
+        let _ = channel.close(200, "shutting down".into()).await;
+        Ok(true)
+    } else {
+        Ok(false)
+    }
+}
+
+/// Applies one delivery and acknowledges it; a message that cannot be applied is re-published to
+/// the dead-letter exchange with its error in `x-error`, then acknowledged.
+async fn settle(
+    channel: &Channel,
+    dlx: &str,
+    queue: &str,
+    subscriptions: &Subscriptions,
+    delivery: Delivery,
+) -> Result<(), lapin::Error> {
+    let envelope = envelope_of(&delivery);
+    match subscriptions.dispatch(&envelope).await {
+        Ok(()) => {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        Err(error) => {
+            tracing::error!(%queue, event_id = %envelope.event_id, %error, "event dead-lettered");
+            let mut properties = delivery.properties.clone();
+            let mut headers = properties.headers().clone().unwrap_or_default();
+            headers.insert(
+                "x-error".into(),
+                AMQPValue::LongString(LongString::from(error)),
+            );
+            headers.insert(
+                "x-original-routing-key".into(),
+                AMQPValue::LongString(envelope.routing_key.as_str().into()),
+            );
+            properties = properties.with_headers(headers);
+            let published = channel
+                .basic_publish(
+                    dlx.into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    properties,
+                )
+                .await;
+            if published.is_ok() {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            } else {
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Listens on a private, exclusive queue (one per replica) until `shutdown`.
+pub(super) async fn listen(
+    bus: Arc<RabbitBus>,
+    keys: Vec<String>,
+    on_event: Arc<dyn Fn(EventEnvelope) + Send + Sync>,
+    shutdown: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let outcome = listen_session(&bus, &keys, on_event.as_ref(), &shutdown).await;
+        match outcome {
+            Ok(true) => break,
+            Ok(false) | Err(_) => {
+                let error = outcome
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "the broker closed the stream".into());
+                tracing::warn!(%error, "listener lost the broker; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {},
+                }
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+            }
+        }
+    }
+}
+
+async fn listen_session(
+    bus: &RabbitBus,
+    keys: &[String],
+    on_event: &(dyn Fn(EventEnvelope) + Send + Sync),
+    shutdown: &CancellationToken,
+) -> Result<bool, lapin::Error> {
+    let channel = bus.open_channel().await?;
+    let queue = channel
+        .queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = queue.name().as_str().to_owned();
+    for key in keys {
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                bus.names.exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    consumer
+        .take_until(shutdown.clone().cancelled_owned())
+        .try_for_each(|delivery| {
+            on_event(envelope_of(&delivery));
+            futures::future::ready(Ok(()))
+        })
+        .await?;
+    close_if_stopping(&channel, shutdown).await
+}

@@ -1,0 +1,29 @@
+//! The runtime every library service shares, so a service crate holds only its domain, its
+//! storage and its gRPC mapping.
+//!
+//! # Layout
+//! - [`config`]: settings from environment variables and flags, checked at start.
+//! - [`telemetry`]: `tracing` (text or JSON for Loki), OpenTelemetry export, W3C trace context.
+//! - [`database`]: sea-orm connections to PostgreSQL or SQLite and the migrations every service
+//!   shares (outbox, processed events).
+//! - [`bus`]: the event bus — transactional outbox, relay, idempotent consumers with a
+//!   dead-letter queue — over RabbitMQ or in-process.
+//! - [`grpc`]: serving with health and reflection, client channels, error reasons in metadata.
+//! - [`paging`]: page sizes and opaque cursors of the list calls.
+//! - [`service`]: what every binary does around its work (telemetry, signals, exit codes).
+//! - [`shutdown`]: the process's stop signal.
+//! - `test_support` (feature `test-support`): fresh databases and bus namespaces for tests.
+
+pub mod bus;
+pub mod config;
+pub mod database;
+pub mod grpc;
+pub mod paging;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
+pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::task::TaskTracker;
