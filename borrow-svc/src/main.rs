@@ -1,1 +1,19 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use library_platform::telemetry::ServiceLevel;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = borrow_svc::Config::parse();
+    let (telemetry, log_level) = (config.telemetry.clone(), config.log_level.clone());
+    let level = ServiceLevel {
+        setting: "BORROW_LOG_LEVEL",
+        target: "borrow_svc",
+        level: log_level.as_deref(),
+    };
+    library_platform::service::run_main("borrow-svc", &telemetry, &[level], |shutdown| {
+        borrow_svc::run(config, shutdown)
+    })
+    .await
+}

@@ -1,1 +1,19 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use library_platform::telemetry::ServiceLevel;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = dashboard_svc::Config::parse();
+    let (telemetry, log_level) = (config.telemetry.clone(), config.log_level.clone());
+    let level = ServiceLevel {
+        setting: "DASHBOARD_LOG_LEVEL",
+        target: "dashboard_svc",
+        level: log_level.as_deref(),
+    };
+    library_platform::service::run_main("dashboard-svc", &telemetry, &[level], |shutdown| {
+        dashboard_svc::run(config, shutdown)
+    })
+    .await
+}

@@ -11,6 +11,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower_resilience::circuitbreaker::{CircuitBreaker, CircuitBreakerLayer, DefaultClassifier};
 
 /// The metadata entry that names why a call was refused (e.g. `OUT_OF_STOCK`).
 pub const REASON_KEY: &str = "x-library-reason";
@@ -83,6 +84,46 @@ pub fn lazy_channel(url: &str, deadline: Duration) -> Result<Channel, tonic::tra
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
         .connect_lazy())
+}
+
+/// A channel behind a circuit breaker: once half of the last 20 calls (at least 5) failed to
+/// reach the service or timed out, calls fail at once for 5 seconds instead of waiting on a
+/// dependency that is down.
+pub type GuardedChannel = CircuitBreaker<Channel, DefaultClassifier>;
+
+/// A bad client setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{setting}: `{url}` is not a valid URL")]
+    BadUrl { setting: String, url: String },
+    #[error("circuit breaker configuration: {0}")]
+    Breaker(String),
+}
+
+/// A [`lazy_channel`] to `url` (from the setting named `setting`) behind a circuit breaker named
+/// `name`.
+///
+/// # Errors
+/// `url` is not a valid URI.
+pub fn guarded_channel(
+    name: &str,
+    setting: &str,
+    url: &str,
+    deadline: Duration,
+) -> Result<GuardedChannel, ClientError> {
+    let channel = lazy_channel(url, deadline).map_err(|_| ClientError::BadUrl {
+        setting: setting.to_owned(),
+        url: url.to_owned(),
+    })?;
+    let breaker = CircuitBreakerLayer::builder()
+        .name(name)
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(20)
+        .minimum_number_of_calls(5)
+        .wait_duration_in_open(Duration::from_secs(5))
+        .build()
+        .map_err(|e| ClientError::Breaker(e.to_string()))?;
+    Ok(tower::Layer::layer(&breaker, channel))
 }
 
 /// A request carrying `message`, a deadline and the current trace context.

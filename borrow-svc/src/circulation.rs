@@ -1,0 +1,543 @@
+//! The circulation desk's use cases. Each change is one transaction that also writes its events
+//! to the outbox; the reader's row is locked by every borrow, so per-reader limits and
+//! idempotency keys hold under concurrent requests.
+use chrono::{DateTime, Utc};
+use library_platform::bus::{EventMeta, HandleError, Outbox};
+use library_platform::database::is_unique_violation;
+use library_platform::paging::{self, PagingError};
+use library_proto::events::{
+    BookBorrowed, BookReturned, LateFeeCharged, LoanCanceled, OutOfStock, StockReserved,
+};
+use library_proto::time::to_timestamp;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::audit::AuditLog;
+use crate::domain::{LoanPolicy, LoanStatus, ReturnError, copies_to_return};
+use crate::stock::{StockCheck, StockChecker};
+use crate::store::{loan_returns, loans, readers};
+
+pub use loans::Model as Loan;
+
+/// Why a circulation request did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CirculationError {
+    #[error("quantity: must be between 1 and {max}")]
+    InvalidQuantity { max: i32 },
+    #[error(transparent)]
+    Paging(#[from] PagingError),
+    #[error("only {available} copies are available")]
+    OutOfStock { available: i32 },
+    #[error("book not found")]
+    BookNotFound,
+    #[error("a reader may have at most {max} copies outstanding; {outstanding} are")]
+    LimitReached { outstanding: i32, max: i32 },
+    #[error("loan not found")]
+    LoanNotFound,
+    #[error("this loan belongs to another reader")]
+    NotYourLoan,
+    #[error(transparent)]
+    Return(#[from] ReturnError),
+    #[error("only a PENDING or ACTIVE loan has a due date to change; this one is {}", .0.as_str())]
+    Closed(LoanStatus),
+    #[error("database failure: {0}")]
+    Database(#[from] DbErr),
+}
+
+/// A return as it happened.
+pub struct ReturnOutcome {
+    pub loan: Loan,
+    pub quantity: i32,
+    pub days_late: i64,
+    pub late_fee: i64,
+}
+
+/// One page of a reader's loans.
+pub struct LoanPage {
+    pub loans: Vec<Loan>,
+    pub next_page_token: String,
+    pub total_count: u64,
+}
+
+/// The status of a stored loan.
+pub fn status_of(loan: &Loan) -> LoanStatus {
+    loan.status.parse().unwrap_or(LoanStatus::Pending)
+}
+
+fn new_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+/// Loans, returns and fees.
+#[derive(Clone)]
+pub struct Circulation {
+    db: DatabaseConnection,
+    outbox: Outbox,
+    policy: LoanPolicy,
+    stock: StockChecker,
+    audit: AuditLog,
+}
+
+impl Circulation {
+    pub fn new(
+        db: DatabaseConnection,
+        outbox: Outbox,
+        policy: LoanPolicy,
+        stock: StockChecker,
+        audit: AuditLog,
+    ) -> Self {
+        Self {
+            db,
+            outbox,
+            policy,
+            stock,
+            audit,
+        }
+    }
+
+    /// Borrows `requested` copies of `book_id` for `user_id`.
+    ///
+    /// With an idempotency key, a repeat by the same reader returns the first loan. When book-svc
+    /// answers, too little stock is refused at once; when it cannot answer, the loan is accepted
+    /// as PENDING and the saga decides.
+    ///
+    /// # Errors
+    /// A quantity out of range, too little stock, an unknown book, the reader's limit, or a
+    /// database failure.
+    pub async fn borrow(
+        &self,
+        user_id: &str,
+        book_id: &str,
+        requested: i32,
+        idempotency_key: Option<String>,
+    ) -> Result<Loan, CirculationError> {
+        let max = self.policy.max_copies();
+        let quantity = self
+            .policy
+            .quantity(requested)
+            .ok_or(CirculationError::InvalidQuantity { max })?
+            .get();
+        if let Some(key) = &idempotency_key
+            && let Some(loan) = find_by_key(&self.db, user_id, key).await?
+        {
+            return Ok(loan);
+        }
+        match self.stock.check(book_id, quantity).await {
+            StockCheck::Sufficient | StockCheck::Unavailable => {}
+            StockCheck::Insufficient { available } => {
+                return Err(CirculationError::OutOfStock { available });
+            }
+            StockCheck::UnknownBook => return Err(CirculationError::BookNotFound),
+        }
+
+        let txn = self.db.begin().await?;
+        let outstanding = lock_reader(&txn, user_id).await?;
+        // Checked again under the reader's lock: a twin request may have committed meanwhile.
+        if let Some(key) = &idempotency_key
+            && let Some(loan) = find_by_key(&txn, user_id, key).await?
+        {
+            txn.rollback().await?;
+            return Ok(loan);
+        }
+        if outstanding + quantity > max {
+            txn.rollback().await?;
+            return Err(CirculationError::LimitReached { outstanding, max });
+        }
+        add_outstanding(&txn, user_id, quantity).await?;
+        let now = Utc::now();
+        let loan = loans::ActiveModel {
+            id: Set(new_id()),
+            user_id: Set(user_id.to_owned()),
+            book_id: Set(book_id.to_owned()),
+            quantity: Set(quantity),
+            returned_quantity: Set(0),
+            status: Set(LoanStatus::Pending.as_str().to_owned()),
+            borrowed_at: Set(now),
+            due_at: Set(self.policy.due_at(now)),
+            late_fee: Set(0),
+            cancel_reason: Set(None),
+            idempotency_key: Set(idempotency_key.clone()),
+            updated_at: Set(now),
+        };
+        let loan = match loan.insert(&txn).await {
+            Ok(loan) => loan,
+            Err(e) if is_unique_violation(&e) && idempotency_key.is_some() => {
+                txn.rollback().await?;
+                let key = idempotency_key.unwrap_or_default();
+                return find_by_key(&self.db, user_id, &key)
+                    .await?
+                    .ok_or(CirculationError::Database(e));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let borrowed = BookBorrowed {
+            event_id: new_id(),
+            occurred_at: Some(to_timestamp(now)),
+            loan_id: loan.id.clone(),
+            user_id: loan.user_id.clone(),
+            book_id: loan.book_id.clone(),
+            quantity,
+            due_at: Some(to_timestamp(loan.due_at)),
+        };
+        self.outbox.enqueue(&txn, &borrowed).await?;
+        self.outbox.commit(txn).await?;
+        tracing::info!(loan_id = %loan.id, %user_id, %book_id, quantity, "loan accepted");
+        self.audit.record(
+            "borrowed",
+            &loan.id,
+            user_id,
+            json!({"book_id": book_id, "quantity": quantity}),
+        );
+        Ok(loan)
+    }
+
+    /// Returns `requested` copies (all outstanding when `None`) of `loan_id` for `user_id`,
+    /// charging the late fee of this return.
+    ///
+    /// # Errors
+    /// Unknown loan, another reader's loan, a loan not ACTIVE, more than outstanding, or a
+    /// database failure.
+    pub async fn return_loan(
+        &self,
+        user_id: &str,
+        loan_id: &str,
+        requested: Option<i32>,
+    ) -> Result<ReturnOutcome, CirculationError> {
+        let txn = self.db.begin().await?;
+        let loan = lock_loan(&txn, loan_id)
+            .await?
+            .ok_or(CirculationError::LoanNotFound)?;
+        if loan.user_id != user_id {
+            return Err(CirculationError::NotYourLoan);
+        }
+        let quantity = copies_to_return(
+            status_of(&loan),
+            loan.quantity,
+            loan.returned_quantity,
+            requested,
+        )?;
+        let now = Utc::now();
+        let days_late = self.policy.days_late(loan.due_at, now);
+        let fee = self.policy.late_fee_for(days_late);
+        let closes = loan.returned_quantity + quantity == loan.quantity;
+        let mut update = loans::Entity::update_many()
+            .col_expr(
+                loans::Column::ReturnedQuantity,
+                Expr::col(loans::Column::ReturnedQuantity).add(quantity),
+            )
+            .col_expr(
+                loans::Column::LateFee,
+                Expr::col(loans::Column::LateFee).add(fee),
+            )
+            .col_expr(loans::Column::UpdatedAt, Expr::val(now).into())
+            .filter(loans::Column::Id.eq(loan_id))
+            .filter(loans::Column::Status.eq(LoanStatus::Active.as_str()))
+            .filter(
+                Expr::col(loans::Column::ReturnedQuantity)
+                    .add(quantity)
+                    .lte(Expr::col(loans::Column::Quantity)),
+            );
+        if closes {
+            update = update.col_expr(
+                loans::Column::Status,
+                Expr::val(LoanStatus::Returned.as_str()).into(),
+            );
+        }
+        if update.exec(&txn).await?.rows_affected == 0 {
+            // The lock makes this unreachable on PostgreSQL; the condition is the last word anyway.
+            return Err(ReturnError::ExceedsOutstanding {
+                outstanding: loan.quantity - loan.returned_quantity,
+            }
+            .into());
+        }
+        add_outstanding(&txn, user_id, -quantity).await?;
+        loan_returns::ActiveModel {
+            id: Set(new_id()),
+            loan_id: Set(loan_id.to_owned()),
+            quantity: Set(quantity),
+            days_late: Set(i32::try_from(days_late).unwrap_or(i32::MAX)),
+            late_fee: Set(fee),
+            returned_at: Set(now),
+        }
+        .insert(&txn)
+        .await?;
+        let returned = BookReturned {
+            event_id: new_id(),
+            occurred_at: Some(to_timestamp(now)),
+            loan_id: loan.id.clone(),
+            user_id: loan.user_id.clone(),
+            book_id: loan.book_id.clone(),
+            quantity,
+            days_late: i32::try_from(days_late).unwrap_or(i32::MAX),
+            late_fee: fee,
+            loan_closed: closes,
+        };
+        self.outbox.enqueue(&txn, &returned).await?;
+        if fee > 0 {
+            let charged = LateFeeCharged {
+                event_id: new_id(),
+                occurred_at: Some(to_timestamp(now)),
+                loan_id: loan.id.clone(),
+                user_id: loan.user_id.clone(),
+                book_id: loan.book_id.clone(),
+                days_late: returned.days_late,
+                amount: fee,
+            };
+            self.outbox.enqueue(&txn, &charged).await?;
+        }
+        let loan = loans::Entity::find_by_id(loan_id)
+            .one(&txn)
+            .await?
+            .ok_or(CirculationError::LoanNotFound)?;
+        self.outbox.commit(txn).await?;
+        tracing::info!(%loan_id, quantity, days_late, fee, "copies returned");
+        self.audit.record(
+            "returned",
+            loan_id,
+            user_id,
+            json!({"quantity": quantity, "days_late": days_late, "late_fee": fee}),
+        );
+        Ok(ReturnOutcome {
+            loan,
+            quantity,
+            days_late,
+            late_fee: fee,
+        })
+    }
+
+    /// One loan; with `user_id`, only that reader's.
+    ///
+    /// # Errors
+    /// Unknown (or another reader's) loan, or a database failure.
+    pub async fn get_loan(
+        &self,
+        loan_id: &str,
+        user_id: Option<&str>,
+    ) -> Result<Loan, CirculationError> {
+        let loan = loans::Entity::find_by_id(loan_id)
+            .one(&self.db)
+            .await?
+            .ok_or(CirculationError::LoanNotFound)?;
+        match user_id {
+            Some(user) if user != loan.user_id => Err(CirculationError::LoanNotFound),
+            _ => Ok(loan),
+        }
+    }
+
+    /// A reader's loans, newest first.
+    ///
+    /// # Errors
+    /// A bad page size or token, or a database failure.
+    pub async fn list_loans(
+        &self,
+        user_id: &str,
+        status: Option<LoanStatus>,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<LoanPage, CirculationError> {
+        let limit = paging::page_size(page_size)?;
+        let after = paging::decode_cursor(page_token, 1)?;
+        let mut query = loans::Entity::find().filter(loans::Column::UserId.eq(user_id));
+        if let Some(status) = status {
+            query = query.filter(loans::Column::Status.eq(status.as_str()));
+        }
+        let total_count = query.clone().count(&self.db).await?;
+        if let Some(after) = after {
+            query = query.filter(loans::Column::Id.lt(after[0].clone()));
+        }
+        let mut loans = query
+            .order_by_desc(loans::Column::Id)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?;
+        let has_more = loans.len() as u64 > limit;
+        loans.truncate(limit as usize);
+        let next_page_token = match (has_more, loans.last()) {
+            (true, Some(last)) => paging::encode_cursor(&[&last.id]),
+            _ => String::new(),
+        };
+        Ok(LoanPage {
+            loans,
+            next_page_token,
+            total_count,
+        })
+    }
+
+    /// Moves the due date of an open loan (a circulation-desk operation).
+    ///
+    /// # Errors
+    /// Unknown loan, a closed loan, or a database failure.
+    pub async fn change_due_date(
+        &self,
+        loan_id: &str,
+        due_at: DateTime<Utc>,
+    ) -> Result<Loan, CirculationError> {
+        let txn = self.db.begin().await?;
+        let loan = lock_loan(&txn, loan_id)
+            .await?
+            .ok_or(CirculationError::LoanNotFound)?;
+        let status = status_of(&loan);
+        if !status.is_open() {
+            return Err(CirculationError::Closed(status));
+        }
+        let mut active: loans::ActiveModel = loan.into();
+        active.due_at = Set(due_at);
+        active.updated_at = Set(Utc::now());
+        let loan = active.update(&txn).await?;
+        txn.commit().await?;
+        tracing::info!(%loan_id, %due_at, "due date changed");
+        self.audit.record(
+            "due_date_changed",
+            loan_id,
+            &loan.user_id,
+            json!({"due_at": due_at.to_rfc3339()}),
+        );
+        Ok(loan)
+    }
+
+    /// Saga: the copies are reserved, the loan becomes ACTIVE.
+    ///
+    /// # Errors
+    /// A database failure: the delivery is retried.
+    pub async fn activate(
+        &self,
+        reserved: StockReserved,
+        meta: EventMeta,
+    ) -> Result<(), HandleError> {
+        let txn = self.db.begin().await?;
+        if !meta.claim(&txn).await? {
+            return Ok(());
+        }
+        let activated = loans::Entity::update_many()
+            .col_expr(
+                loans::Column::Status,
+                Expr::val(LoanStatus::Active.as_str()).into(),
+            )
+            .col_expr(loans::Column::UpdatedAt, Expr::val(Utc::now()).into())
+            .filter(loans::Column::Id.eq(&reserved.loan_id))
+            .filter(loans::Column::Status.eq(LoanStatus::Pending.as_str()))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        txn.commit().await?;
+        if activated == 1 {
+            tracing::info!(loan_id = %reserved.loan_id, "loan active");
+            self.audit.record(
+                "activated",
+                &reserved.loan_id,
+                "",
+                json!({"quantity": reserved.quantity}),
+            );
+        }
+        Ok(())
+    }
+
+    /// Saga compensation: too little stock, the PENDING loan is CANCELED and `LoanCanceled`
+    /// gives its copies back to the reader's count.
+    ///
+    /// # Errors
+    /// A database failure: the delivery is retried.
+    pub async fn cancel(&self, refused: OutOfStock, meta: EventMeta) -> Result<(), HandleError> {
+        let txn = self.db.begin().await?;
+        if !meta.claim(&txn).await? {
+            return Ok(());
+        }
+        let Some(loan) = lock_loan(&txn, &refused.loan_id).await? else {
+            return Ok(txn.commit().await?);
+        };
+        if status_of(&loan) != LoanStatus::Pending {
+            return Ok(txn.commit().await?);
+        }
+        let reason = format!(
+            "{} (requested {}, available {})",
+            refused.reason, refused.requested, refused.available_copies
+        );
+        let now = Utc::now();
+        let mut active: loans::ActiveModel = loan.clone().into();
+        active.status = Set(LoanStatus::Canceled.as_str().to_owned());
+        active.cancel_reason = Set(Some(reason.clone()));
+        active.updated_at = Set(now);
+        active.update(&txn).await?;
+        add_outstanding(&txn, &loan.user_id, -loan.quantity).await?;
+        let canceled = LoanCanceled {
+            event_id: new_id(),
+            occurred_at: Some(to_timestamp(now)),
+            loan_id: loan.id.clone(),
+            user_id: loan.user_id.clone(),
+            book_id: loan.book_id.clone(),
+            quantity: loan.quantity,
+            reason: reason.clone(),
+        };
+        self.outbox.enqueue(&txn, &canceled).await?;
+        self.outbox.commit(txn).await?;
+        tracing::info!(loan_id = %loan.id, %reason, "loan canceled");
+        self.audit.record(
+            "canceled",
+            &loan.id,
+            &loan.user_id,
+            json!({"reason": reason}),
+        );
+        Ok(())
+    }
+}
+
+async fn find_by_key(
+    conn: &impl ConnectionTrait,
+    user_id: &str,
+    key: &str,
+) -> Result<Option<Loan>, DbErr> {
+    loans::Entity::find()
+        .filter(loans::Column::UserId.eq(user_id))
+        .filter(loans::Column::IdempotencyKey.eq(key))
+        .one(conn)
+        .await
+}
+
+/// Locks the reader's row (creating it) and returns their outstanding copies. Every borrow of
+/// one reader passes here, so they take turns. SQLite has a single writer and needs no lock.
+async fn lock_reader(txn: &DatabaseTransaction, user_id: &str) -> Result<i32, DbErr> {
+    readers::Entity::insert(readers::ActiveModel {
+        user_id: Set(user_id.to_owned()),
+        outstanding: Set(0),
+    })
+    .on_conflict_do_nothing()
+    .exec(txn)
+    .await?;
+    let mut select = readers::Entity::find_by_id(user_id);
+    if txn.get_database_backend() == DbBackend::Postgres {
+        select = select.lock_exclusive();
+    }
+    Ok(select.one(txn).await?.map(|r| r.outstanding).unwrap_or(0))
+}
+
+async fn add_outstanding(
+    txn: &DatabaseTransaction,
+    user_id: &str,
+    delta: i32,
+) -> Result<(), DbErr> {
+    readers::Entity::update_many()
+        .col_expr(
+            readers::Column::Outstanding,
+            Expr::col(readers::Column::Outstanding).add(delta),
+        )
+        .filter(readers::Column::UserId.eq(user_id))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// Reads a loan for update: on PostgreSQL the row stays locked until the transaction ends, so
+/// concurrent returns of one loan take turns.
+async fn lock_loan(txn: &DatabaseTransaction, loan_id: &str) -> Result<Option<Loan>, DbErr> {
+    let mut select = loans::Entity::find_by_id(loan_id);
+    if txn.get_database_backend() == DbBackend::Postgres {
+        select = select.lock_exclusive();
+    }
+    select.one(txn).await
+}

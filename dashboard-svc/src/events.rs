@@ -1,0 +1,113 @@
+//! What dashboard-svc consumes (the CQRS feed) and listens to (its own updates, for the watch
+//! streams of every replica).
+use library_platform::bus::{EventBus, Subscriptions};
+use library_platform::{CancellationToken, TaskTracker};
+use library_proto::DomainEvent;
+use library_proto::events::{
+    BookBorrowed, BookReturned, DashboardUpdated, LateFeeCharged, LoanCanceled,
+};
+use prost::Message;
+use tokio::sync::broadcast;
+
+use crate::projection::{Change, Dashboards};
+
+/// The durable queue of the projection.
+pub const PROJECTION_QUEUE: &str = "dashboard-svc.projection";
+
+/// Every event dashboard-svc consumes, in one place: copies borrowed count up until they are
+/// returned or the loan is canceled; fees add up.
+pub fn subscriptions(dashboards: Dashboards) -> Subscriptions {
+    let on = |dashboards: &Dashboards| dashboards.clone();
+    let (borrowed, canceled, returned, charged) = (
+        on(&dashboards),
+        on(&dashboards),
+        on(&dashboards),
+        dashboards,
+    );
+    Subscriptions::new("dashboard-svc")
+        .on::<BookBorrowed, _, _>(move |e, meta| {
+            let d = borrowed.clone();
+            async move {
+                d.apply(
+                    &e.user_id,
+                    Change {
+                        borrowed: e.quantity,
+                        late_fee: 0,
+                    },
+                    meta,
+                )
+                .await
+            }
+        })
+        .on::<LoanCanceled, _, _>(move |e, meta| {
+            let d = canceled.clone();
+            async move {
+                d.apply(
+                    &e.user_id,
+                    Change {
+                        borrowed: -e.quantity,
+                        late_fee: 0,
+                    },
+                    meta,
+                )
+                .await
+            }
+        })
+        .on::<BookReturned, _, _>(move |e, meta| {
+            let d = returned.clone();
+            async move {
+                d.apply(
+                    &e.user_id,
+                    Change {
+                        borrowed: -e.quantity,
+                        late_fee: 0,
+                    },
+                    meta,
+                )
+                .await
+            }
+        })
+        .on::<LateFeeCharged, _, _>(move |e, meta| {
+            let d = charged.clone();
+            async move {
+                d.apply(
+                    &e.user_id,
+                    Change {
+                        borrowed: 0,
+                        late_fee: e.amount,
+                    },
+                    meta,
+                )
+                .await
+            }
+        })
+}
+
+/// Dashboard changes on this replica, from every replica.
+#[derive(Clone)]
+pub struct DashboardFeed {
+    sender: broadcast::Sender<DashboardUpdated>,
+}
+
+impl DashboardFeed {
+    /// Listens for `DashboardUpdated` on the bus (a private queue per replica) until `shutdown`.
+    pub fn start(bus: &EventBus, tracker: &TaskTracker, shutdown: CancellationToken) -> Self {
+        let (sender, _) = broadcast::channel(4096);
+        let feed = sender.clone();
+        bus.listen(
+            &[DashboardUpdated::ROUTING_KEY],
+            move |envelope| {
+                if let Ok(update) = DashboardUpdated::decode(envelope.payload.as_slice()) {
+                    let _ = feed.send(update);
+                }
+            },
+            tracker,
+            shutdown,
+        );
+        Self { sender }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<DashboardUpdated> {
+        self.sender.subscribe()
+    }
+}

@@ -1,0 +1,108 @@
+//! The `library.dashboard.v1.DashboardService` server.
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use library_platform::CancellationToken;
+use library_platform::grpc::internal;
+use library_proto::dashboard::dashboard_service_server::DashboardService;
+use library_proto::dashboard::{
+    Dashboard as DashboardMessage, GetDashboardRequest, WatchDashboardRequest,
+};
+use library_proto::time::to_timestamp;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tonic::{Request, Response, Status};
+
+use crate::events::DashboardFeed;
+use crate::projection::{Dashboard, Dashboards};
+
+fn to_message(d: Dashboard) -> DashboardMessage {
+    DashboardMessage {
+        user_id: d.user_id,
+        borrowed_count: d.borrowed_count,
+        late_fee_total: d.late_fee_total,
+        updated_at: Some(to_timestamp(d.updated_at)),
+    }
+}
+
+fn user_id(value: &str) -> Result<String, Status> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > 128 {
+        return Err(Status::invalid_argument(
+            "user_id: must be 1 to 128 characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// The gRPC face of the read model.
+pub struct DashboardGrpc {
+    pub dashboards: Dashboards,
+    pub feed: DashboardFeed,
+    /// Ends open watch streams when the server stops, so the drain does not wait on them.
+    pub shutdown: CancellationToken,
+}
+
+type DashboardStream = Pin<Box<dyn Stream<Item = Result<DashboardMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DashboardService for DashboardGrpc {
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn get_dashboard(
+        &self,
+        request: Request<GetDashboardRequest>,
+    ) -> Result<Response<DashboardMessage>, Status> {
+        let user = user_id(&request.get_ref().user_id)?;
+        let dashboard = self
+            .dashboards
+            .get(&user)
+            .await
+            .map_err(|e| internal("reading a dashboard", &e))?;
+        Ok(Response::new(to_message(dashboard)))
+    }
+
+    type WatchDashboardStream = DashboardStream;
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn watch_dashboard(
+        &self,
+        request: Request<WatchDashboardRequest>,
+    ) -> Result<Response<Self::WatchDashboardStream>, Status> {
+        let user = user_id(&request.get_ref().user_id)?;
+        // Subscribe before reading, so no change between the read and the subscription is missed.
+        let changes = BroadcastStream::new(self.feed.subscribe());
+        let current = self
+            .dashboards
+            .get(&user)
+            .await
+            .map_err(|e| internal("reading a dashboard", &e))?;
+        let dashboards = self.dashboards.clone();
+        let updates = changes.filter_map(move |change| {
+            let dashboards = dashboards.clone();
+            let user = user.clone();
+            async move {
+                match change {
+                    Ok(update) if update.user_id == user => Some(Ok(DashboardMessage {
+                        user_id: update.user_id,
+                        borrowed_count: update.borrowed_count,
+                        late_fee_total: update.late_fee_total,
+                        updated_at: update.occurred_at,
+                    })),
+                    Ok(_) => None,
+                    // Fell behind: the stored value is the truth.
+                    Err(BroadcastStreamRecvError::Lagged(_)) => Some(
+                        dashboards
+                            .get(&user)
+                            .await
+                            .map(to_message)
+                            .map_err(|e| internal("reading a dashboard", &e)),
+                    ),
+                }
+            }
+        });
+        let stream = futures::stream::once(futures::future::ready(Ok(to_message(current))))
+            .chain(updates)
+            .take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
