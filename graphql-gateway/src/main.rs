@@ -1,1 +1,19 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use library_platform::telemetry::ServiceLevel;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = graphql_gateway::Config::parse();
+    let (telemetry, log_level) = (config.telemetry.clone(), config.log_level.clone());
+    let level = ServiceLevel {
+        setting: "GATEWAY_LOG_LEVEL",
+        target: "graphql_gateway",
+        level: log_level.as_deref(),
+    };
+    library_platform::service::run_main("graphql-gateway", &telemetry, &[level], |shutdown| {
+        graphql_gateway::run(config, shutdown)
+    })
+    .await
+}

@@ -115,6 +115,57 @@ fn create_sqlite_dir(url: &str) -> Result<(), DatabaseError> {
     Ok(())
 }
 
+/// The URL of one service's own database when several services share one setting (the
+/// all-in-one): `sqlite://dir/x.db` becomes `sqlite://dir/x_<service>.db`, and
+/// `postgres://…/name` becomes `postgres://…/name_<service>`, created if missing.
+///
+/// # Errors
+/// The PostgreSQL server cannot be reached, or the database cannot be created.
+pub async fn service_database(url: &str, service: &str) -> Result<String, DatabaseError> {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let with_query = |u: String| match query {
+        Some(q) => format!("{u}?{q}"),
+        None => u,
+    };
+    if url.starts_with("sqlite:") {
+        let derived = match base.strip_suffix(".db") {
+            Some(stem) => format!("{stem}_{service}.db"),
+            None => format!("{base}_{service}"),
+        };
+        return Ok(with_query(derived));
+    }
+    if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        return Err(DatabaseError::UnsupportedUrl(redact(url)));
+    }
+    let (server, name) = base
+        .rsplit_once('/')
+        .ok_or_else(|| DatabaseError::UnsupportedUrl(redact(url)))?;
+    let name = if name.is_empty() { "library" } else { name };
+    let database = format!("{name}_{service}");
+    let admin = Database::connect(url.to_owned())
+        .await
+        .map_err(DatabaseError::Connect)?;
+    let exists = admin
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            [database.clone().into()],
+        ))
+        .await
+        .map_err(DatabaseError::Connect)?
+        .is_some();
+    if !exists {
+        // A replica racing us may create it first; that is fine.
+        let _ = admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
+            .await;
+    }
+    let _ = admin.close().await;
+    Ok(with_query(format!("{server}/{database}")))
+}
+
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -138,6 +189,22 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sqlite_files_are_split_per_service() {
+        assert_eq!(
+            service_database("sqlite://data/library.db", "book")
+                .await
+                .unwrap(),
+            "sqlite://data/library_book.db"
+        );
+        assert_eq!(
+            service_database("sqlite://x/l.db?mode=rwc", "borrow")
+                .await
+                .unwrap(),
+            "sqlite://x/l_borrow.db?mode=rwc"
+        );
+    }
 
     #[test]
     fn passwords_never_reach_messages() {

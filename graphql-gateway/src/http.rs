@@ -1,0 +1,167 @@
+//! The HTTP face: GraphQL over POST `/graphql` and WebSocket `/graphql/ws`
+//! (`graphql-transport-ws`, token in `connection_init`), GraphiQL at `/`, probes and metrics.
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{Auth, JwtKeys};
+use crate::downstream::Downstreams;
+use crate::schema::{LibrarySchema, request_data};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: LibrarySchema,
+    pub keys: JwtKeys,
+    pub downstreams: Downstreams,
+    /// False from the moment the gateway begins to stop: Kubernetes stops routing first.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The gateway's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(graphiql))
+        .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphql/ws", get(graphql_ws))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .finish(),
+    )
+}
+
+async fn graphql(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> GraphQLResponse {
+    let auth = state
+        .keys
+        .authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let mut request = request.into_inner();
+    let operation = request
+        .operation_name
+        .clone()
+        .unwrap_or_else(|| "anonymous".into());
+    request.data = request_data(&state.downstreams, auth);
+    let started = Instant::now();
+    let mut response = state.schema.execute(request).await;
+    // Parse, validation, depth and complexity errors come from the engine without a code.
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", "BAD_USER_INPUT");
+        }
+    }
+    let status = if response.errors.is_empty() {
+        "ok"
+    } else {
+        "error"
+    };
+    metrics::counter!("graphql_requests_total", "operation" => operation.clone(), "status" => status).increment(1);
+    metrics::histogram!("graphql_request_duration_seconds", "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+    response.into()
+}
+
+async fn graphql_ws(
+    State(state): State<AppState>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let AppState {
+                schema,
+                keys,
+                downstreams,
+                ..
+            } = state;
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let auth = auth_from_init(&keys, &payload);
+                    Ok(request_data(&downstreams, auth))
+                })
+                .serve()
+        })
+        .into_response()
+}
+
+/// The token a WebSocket client sends in `connection_init`: `{"Authorization": "Bearer …"}`.
+fn auth_from_init(keys: &JwtKeys, payload: &serde_json::Value) -> Auth {
+    let header = ["Authorization", "authorization"]
+        .iter()
+        .find_map(|k| payload.get(*k))
+        .and_then(|v| v.as_str());
+    keys.authenticate(header)
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    }
+}
+
+async fn render_metrics() -> String {
+    prometheus().render()
+}
+
+/// The process's Prometheus recorder, installed on first use (one per process, shared by every
+/// gateway a test starts).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        let buckets = [
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &buckets)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_websocket_token_is_read_from_connection_init() {
+        let keys = JwtKeys::new("k");
+        let token = keys.issue("ana", &[], 60).unwrap();
+        let payload = serde_json::json!({ "Authorization": format!("Bearer {token}") });
+        assert!(matches!(auth_from_init(&keys, &payload), Auth::Viewer(_)));
+        assert!(matches!(
+            auth_from_init(&keys, &serde_json::json!({})),
+            Auth::Anonymous
+        ));
+    }
+}
