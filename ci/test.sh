@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The project's test command: installs what is missing on a fresh Debian machine, starts
+# PostgreSQL and RabbitMQ when they are not running, then runs every check and test.
+#
+#   ci/test.sh            everything
+#   ci/test.sh --quick    skip the Kubernetes/pipeline checks (for a tight edit loop)
+#
+# Environment: CARGO_TARGET_DIR (default ~/.cache/library-target, outside the checkout so
+# repeated runs and fresh clones reuse compiled dependencies), TEST_POSTGRES_URL
+# (default postgres://postgres@127.0.0.1:5432), TEST_AMQP_URL (default the local guest account).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+quick=0
+[[ "${1:-}" == "--quick" ]] && quick=1
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/library-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
+export TEST_AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+started=$SECONDS
+stage_start=$SECONDS
+stage() {
+  local now=$SECONDS
+  if [[ -n "${stage_name:-}" ]]; then
+    printf '== %-28s %4ds\n' "$stage_name" $((now - stage_start))
+  fi
+  stage_name="$1"
+  stage_start=$now
+  echo "== $1 ..."
+}
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+apt_updated=0
+apt_install() {
+  if [[ $apt_updated -eq 0 ]]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  for _ in $(seq 1 120); do port_open "$1" && return 0; sleep 0.5; done
+  echo "port $1 did not open" >&2
+  return 1
+}
+
+stage "toolchain"
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install Rust 1.94+ with rustup (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+command -v curl >/dev/null || apt_install curl
+command -v psql >/dev/null || apt_install postgresql-client
+cargo --version
+
+stage "postgresql"
+if ! port_open 5432; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  version=$(ls /etc/postgresql | sort -V | tail -n1)
+  hba="/etc/postgresql/$version/main/pg_hba.conf"
+  # Tests connect as postgres over TCP without a password, as on the CI machines.
+  if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  fi
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root pg_ctlcluster "$version" main start
+  wait_port 5432
+fi
+psql "$TEST_POSTGRES_URL/postgres" -tAc 'select 1' >/dev/null
+
+stage "rabbitmq"
+if ! port_open 5672; then
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  as_root rabbitmq-server -detached || true
+  wait_port 5672
+  as_root rabbitmqctl await_startup >/dev/null 2>&1 || true
+fi
+
+stage "format"
+cargo fmt --all -- --check
+
+stage "build (debug, all targets)"
+cargo build --workspace --all-targets --locked
+
+stage "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+stage "tests"
+cargo test --workspace --locked --no-fail-fast
+
+if [[ $quick -eq 0 && -x ci/k8s/check.sh ]]; then
+  stage "kubernetes and pipelines"
+  LIBRARY_BIN_DIR="$CARGO_TARGET_DIR/debug" ci/k8s/check.sh --with-binaries
+fi
+
+stage "done"
+echo "== total $((SECONDS - started))s"
