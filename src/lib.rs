@@ -43,11 +43,7 @@ pub struct Config {
     pub amqp_url: Option<String>,
     /// HS256 key for bearer tokens; unset: a development key made at start and printed with a
     /// user token and an admin token.
-    #[arg(
-        long = "jwt-secret",
-        env = "LIBRARY_JWT_SECRET",
-        hide_env_values = true
-    )]
+    #[arg(long = "jwt-secret", env = "LIBRARY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -108,7 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let mut configs = service_configs(&config, &jwt_secret).await?;
     let bus = match &config.amqp_url {
-        Some(url) if !url.trim().is_empty() => EventBus::rabbitmq(url, BusNames::default())?,
+        Some(url) if !url.trim().is_empty() => EventBus::rabbitmq(url, BusNames::default())?.with_system_queues(),
         _ => EventBus::in_process(),
     };
 
@@ -121,10 +117,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let borrow = borrow_svc::Application::build(&configs.borrow, bus.clone(), shutdown.clone())
         .await
         .context("borrow-svc")?;
-    let dashboard =
-        dashboard_svc::Application::build(&configs.dashboard, bus.clone(), shutdown.clone())
-            .await
-            .context("dashboard-svc")?;
+    let dashboard = dashboard_svc::Application::build(&configs.dashboard, bus.clone(), shutdown.clone())
+        .await
+        .context("dashboard-svc")?;
     configs.gateway.book_svc_url = format!("http://127.0.0.1:{}", book.port());
     configs.gateway.borrow_svc_url = format!("http://127.0.0.1:{}", borrow.port());
     configs.gateway.dashboard_svc_url = format!("http://127.0.0.1:{}", dashboard.port());
@@ -146,11 +141,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 fn development_secret() -> String {
-    format!(
-        "dev-{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
+    format!("dev-{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 fn announce(config: &Config, jwt_secret: &str, port: u16, in_process: bool) {
@@ -163,11 +154,7 @@ fn announce(config: &Config, jwt_secret: &str, port: u16, in_process: bool) {
         .as_deref()
         .map(database::redact)
         .unwrap_or_else(|| "SQLite files under ./data/".into());
-    let events = if in_process {
-        "in-process event bus"
-    } else {
-        "RabbitMQ"
-    };
+    let events = if in_process { "in-process event bus" } else { "RabbitMQ" };
     tracing::info!(graphiql = %format!("http://localhost:{port}/"), %storage, %events, "library is running");
     if config.jwt_secret.is_none() {
         tracing::info!(secret = %jwt_secret, "development JWT secret (set LIBRARY_JWT_SECRET to choose one)");

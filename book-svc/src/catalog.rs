@@ -4,14 +4,13 @@ use chrono::Utc;
 use library_platform::bus::{EventMeta, HandleError, Outbox};
 use library_platform::paging::{self, PagingError};
 use library_proto::events::{
-    BookBorrowed, BookRegistered, BookRemoved, BookUpdated, OutOfStock, StockChanged,
-    StockReleased, StockReserved,
+    BookBorrowed, BookRegistered, BookRemoved, BookUpdated, OutOfStock, StockChanged, StockReleased, StockReserved,
 };
 use library_proto::time::to_timestamp;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -114,19 +113,19 @@ impl Catalog {
             .await?
             .ok_or(CatalogError::NotFound)?;
         let mut update = books::Entity::update_many()
-            .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()).into())
+            .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()))
             .filter(books::Column::Id.eq(id));
         if let Some(isbn) = &edit.isbn {
             update = update.col_expr(
                 books::Column::Isbn,
-                Expr::val(isbn.as_ref().map(|i| i.as_str().to_owned())).into(),
+                Expr::val(isbn.as_ref().map(|i| i.as_str().to_owned())),
             );
         }
         if let Some(title) = &edit.title {
-            update = update.col_expr(books::Column::Title, Expr::val(title.as_str()).into());
+            update = update.col_expr(books::Column::Title, Expr::val(title.as_str()));
         }
         if let Some(author) = &edit.author {
-            update = update.col_expr(books::Column::Author, Expr::val(author.as_str()).into());
+            update = update.col_expr(books::Column::Author, Expr::val(author.as_str()));
         }
         if let Some(total) = edit.total_copies {
             let new_total = total.get();
@@ -138,7 +137,7 @@ impl Catalog {
                         .add(new_total)
                         .sub(Expr::col(books::Column::TotalCopies)),
                 )
-                .col_expr(books::Column::TotalCopies, Expr::val(new_total).into())
+                .col_expr(books::Column::TotalCopies, Expr::val(new_total))
                 .filter(
                     Expr::col(books::Column::TotalCopies)
                         .sub(Expr::col(books::Column::AvailableCopies))
@@ -186,9 +185,7 @@ impl Catalog {
         let txn = self.db.begin().await?;
         let deleted = books::Entity::delete_many()
             .filter(books::Column::Id.eq(id))
-            .filter(
-                Expr::col(books::Column::AvailableCopies).eq(Expr::col(books::Column::TotalCopies)),
-            )
+            .filter(Expr::col(books::Column::AvailableCopies).eq(Expr::col(books::Column::TotalCopies)))
             .exec(&txn)
             .await?;
         if deleted.rows_affected == 0 {
@@ -238,12 +235,7 @@ impl Catalog {
     ///
     /// # Errors
     /// A bad page size or token, or a database failure.
-    pub async fn list(
-        &self,
-        search: &str,
-        page_size: i32,
-        page_token: &str,
-    ) -> Result<BookPage, CatalogError> {
+    pub async fn list(&self, search: &str, page_size: i32, page_token: &str) -> Result<BookPage, CatalogError> {
         let limit = paging::page_size(page_size)?;
         let after = paging::decode_cursor(page_token, 2)?;
         let mut matching = Condition::all();
@@ -262,10 +254,7 @@ impl Catalog {
                     ),
             );
         }
-        let total_count = books::Entity::find()
-            .filter(matching.clone())
-            .count(&self.db)
-            .await?;
+        let total_count = books::Entity::find().filter(matching.clone()).count(&self.db).await?;
         let mut page = matching;
         if let Some(after) = after {
             let (title, id) = (after[0].clone(), after[1].clone());
@@ -315,11 +304,7 @@ impl Catalog {
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
-    pub async fn reserve_for_loan(
-        &self,
-        borrowed: BookBorrowed,
-        meta: EventMeta,
-    ) -> Result<(), HandleError> {
+    pub async fn reserve_for_loan(&self, borrowed: BookBorrowed, meta: EventMeta) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
         if !meta.claim(&txn).await? {
             return Ok(());
@@ -330,9 +315,7 @@ impl Catalog {
         } else {
             false
         };
-        let book = books::Entity::find_by_id(&borrowed.book_id)
-            .one(&txn)
-            .await?;
+        let book = books::Entity::find_by_id(&borrowed.book_id).one(&txn).await?;
         let now = Utc::now();
         match book {
             Some(book) if taken => {
@@ -383,12 +366,7 @@ impl Catalog {
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
-    pub async fn release_for_loan(
-        &self,
-        loan_id: &str,
-        quantity: i32,
-        meta: EventMeta,
-    ) -> Result<(), HandleError> {
+    pub async fn release_for_loan(&self, loan_id: &str, quantity: i32, meta: EventMeta) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
         if !meta.claim(&txn).await? {
             return Ok(());
@@ -410,23 +388,18 @@ impl Catalog {
             .exec(&txn)
             .await?;
         if held.rows_affected == 0 {
-            return Err(HandleError::Failed(
-                "the reservation changed under us".into(),
-            ));
+            return Err(HandleError::Failed("the reservation changed under us".into()));
         }
         books::Entity::update_many()
             .col_expr(
                 books::Column::AvailableCopies,
                 Expr::col(books::Column::AvailableCopies).add(released),
             )
-            .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()).into())
+            .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()))
             .filter(books::Column::Id.eq(&reservation.book_id))
             .exec(&txn)
             .await?;
-        if let Some(book) = books::Entity::find_by_id(&reservation.book_id)
-            .one(&txn)
-            .await?
-        {
+        if let Some(book) = books::Entity::find_by_id(&reservation.book_id).one(&txn).await? {
             let event = StockReleased {
                 event_id: new_event_id(),
                 occurred_at: Some(to_timestamp(Utc::now())),
@@ -446,17 +419,13 @@ impl Catalog {
 
 /// Takes `quantity` copies off the shelf if that many are there; one conditional update, so
 /// concurrent reservations can never take the stock below zero.
-async fn take_copies(
-    conn: &impl ConnectionTrait,
-    book_id: &str,
-    quantity: i32,
-) -> Result<bool, DbErr> {
+async fn take_copies(conn: &impl ConnectionTrait, book_id: &str, quantity: i32) -> Result<bool, DbErr> {
     let result = books::Entity::update_many()
         .col_expr(
             books::Column::AvailableCopies,
             Expr::col(books::Column::AvailableCopies).sub(quantity),
         )
-        .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()).into())
+        .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()))
         .filter(books::Column::Id.eq(book_id))
         .filter(books::Column::AvailableCopies.gte(quantity))
         .exec(conn)
@@ -465,7 +434,5 @@ async fn take_copies(
 }
 
 fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }

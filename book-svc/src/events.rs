@@ -3,9 +3,7 @@
 use library_platform::bus::{EventBus, EventEnvelope, Subscriptions};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::DomainEvent;
-use library_proto::events::{
-    BookBorrowed, BookRemoved, BookReturned, BookUpdated, LoanCanceled, StockChanged,
-};
+use library_proto::events::{BookBorrowed, BookRemoved, BookReturned, BookUpdated, LoanCanceled, StockChanged};
 use prost::Message;
 use tokio::sync::broadcast;
 
@@ -24,19 +22,11 @@ pub fn subscriptions(catalog: Catalog) -> Subscriptions {
         })
         .on::<BookReturned, _, _>(move |event, meta| {
             let catalog = on_return.clone();
-            async move {
-                catalog
-                    .release_for_loan(&event.loan_id, event.quantity, meta)
-                    .await
-            }
+            async move { catalog.release_for_loan(&event.loan_id, event.quantity, meta).await }
         })
         .on::<LoanCanceled, _, _>(move |event, meta| {
             let catalog = on_cancel.clone();
-            async move {
-                catalog
-                    .release_for_loan(&event.loan_id, event.quantity, meta)
-                    .await
-            }
+            async move { catalog.release_for_loan(&event.loan_id, event.quantity, meta).await }
         })
 }
 
@@ -80,5 +70,19 @@ fn book_id_of(envelope: &EventEnvelope) -> Option<String> {
         BookUpdated::ROUTING_KEY => BookUpdated::decode(payload).ok().map(|e| e.book_id),
         BookRemoved::ROUTING_KEY => BookRemoved::decode(payload).ok().map(|e| e.book_id),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use library_platform::bus::Outbox;
+
+    #[test]
+    fn consumes_exactly_what_the_contract_declares() {
+        let catalog = Catalog::new(Default::default(), Outbox::default());
+        let mut keys = subscriptions(catalog).routing_keys();
+        keys.sort();
+        assert_eq!(keys, library_proto::routing_keys_of(SAGA_QUEUE));
     }
 }

@@ -7,9 +7,9 @@ use library_platform::CancellationToken;
 use library_platform::grpc::{internal, parse_id, refused};
 use library_proto::book::book_service_server::BookService;
 use library_proto::book::{
-    BatchGetBooksRequest, BatchGetBooksResponse, Book as BookMessage, CheckStockRequest,
-    CheckStockResponse, CreateBookRequest, DeleteBookRequest, DeleteBookResponse, GetBookRequest,
-    ListBooksRequest, ListBooksResponse, UpdateBookRequest, WatchBookRequest,
+    BatchGetBooksRequest, BatchGetBooksResponse, Book as BookMessage, CheckStockRequest, CheckStockResponse,
+    CreateBookRequest, DeleteBookRequest, DeleteBookResponse, GetBookRequest, ListBooksRequest, ListBooksResponse,
+    UpdateBookRequest, WatchBookRequest,
 };
 use library_proto::time::to_timestamp;
 use tokio_stream::wrappers::BroadcastStream;
@@ -61,27 +61,18 @@ type BookStream = Pin<Box<dyn Stream<Item = Result<BookMessage, Status>> + Send>
 #[tonic::async_trait]
 impl BookService for BookGrpc {
     #[tracing::instrument(skip_all, fields(book_id = %request.get_ref().book_id, quantity = request.get_ref().quantity))]
-    async fn check_stock(
-        &self,
-        request: Request<CheckStockRequest>,
-    ) -> Result<Response<CheckStockResponse>, Status> {
+    async fn check_stock(&self, request: Request<CheckStockRequest>) -> Result<Response<CheckStockResponse>, Status> {
         let request = request.into_inner();
         let id = parse_id("book_id", &request.book_id)?;
         if request.quantity <= 0 {
             return Err(Status::invalid_argument("quantity: must be at least 1"));
         }
         let (available, sufficient) = self.catalog.check_stock(&id, request.quantity).await?;
-        Ok(Response::new(CheckStockResponse {
-            available,
-            sufficient,
-        }))
+        Ok(Response::new(CheckStockResponse { available, sufficient }))
     }
 
     #[tracing::instrument(skip_all, fields(book_id = %request.get_ref().id))]
-    async fn get_book(
-        &self,
-        request: Request<GetBookRequest>,
-    ) -> Result<Response<BookMessage>, Status> {
+    async fn get_book(&self, request: Request<GetBookRequest>) -> Result<Response<BookMessage>, Status> {
         let id = parse_id("id", &request.get_ref().id)?;
         Ok(Response::new(to_message(self.catalog.get(&id).await?)))
     }
@@ -96,10 +87,7 @@ impl BookService for BookGrpc {
             return Err(Status::invalid_argument("ids: at most 1000 per call"));
         }
         // Ids that are not UUIDs cannot name a book: they are simply not found.
-        let ids: Vec<String> = ids
-            .iter()
-            .filter_map(|id| parse_id("ids", id).ok())
-            .collect();
+        let ids: Vec<String> = ids.iter().filter_map(|id| parse_id("ids", id).ok()).collect();
         let books = self.catalog.get_many(&ids).await?;
         Ok(Response::new(BatchGetBooksResponse {
             books: books.into_iter().map(to_message).collect(),
@@ -107,10 +95,7 @@ impl BookService for BookGrpc {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_books(
-        &self,
-        request: Request<ListBooksRequest>,
-    ) -> Result<Response<ListBooksResponse>, Status> {
+    async fn list_books(&self, request: Request<ListBooksRequest>) -> Result<Response<ListBooksResponse>, Status> {
         let request = request.into_inner();
         let page = self
             .catalog
@@ -124,23 +109,15 @@ impl BookService for BookGrpc {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn create_book(
-        &self,
-        request: Request<CreateBookRequest>,
-    ) -> Result<Response<BookMessage>, Status> {
+    async fn create_book(&self, request: Request<CreateBookRequest>) -> Result<Response<BookMessage>, Status> {
         let r = request.into_inner();
-        let draft = BookDraft::parse(r.isbn.as_deref(), &r.title, &r.author, r.total_copies)
-            .map_err(CatalogError::from)?;
-        Ok(Response::new(to_message(
-            self.catalog.register(draft).await?,
-        )))
+        let draft =
+            BookDraft::parse(r.isbn.as_deref(), &r.title, &r.author, r.total_copies).map_err(CatalogError::from)?;
+        Ok(Response::new(to_message(self.catalog.register(draft).await?)))
     }
 
     #[tracing::instrument(skip_all, fields(book_id = %request.get_ref().id))]
-    async fn update_book(
-        &self,
-        request: Request<UpdateBookRequest>,
-    ) -> Result<Response<BookMessage>, Status> {
+    async fn update_book(&self, request: Request<UpdateBookRequest>) -> Result<Response<BookMessage>, Status> {
         let r = request.into_inner();
         let id = parse_id("id", &r.id)?;
         let edit = BookEdit::parse(
@@ -150,16 +127,11 @@ impl BookService for BookGrpc {
             r.total_copies,
         )
         .map_err(CatalogError::from)?;
-        Ok(Response::new(to_message(
-            self.catalog.edit(&id, edit).await?,
-        )))
+        Ok(Response::new(to_message(self.catalog.edit(&id, edit).await?)))
     }
 
     #[tracing::instrument(skip_all, fields(book_id = %request.get_ref().id))]
-    async fn delete_book(
-        &self,
-        request: Request<DeleteBookRequest>,
-    ) -> Result<Response<DeleteBookResponse>, Status> {
+    async fn delete_book(&self, request: Request<DeleteBookRequest>) -> Result<Response<DeleteBookResponse>, Status> {
         let id = parse_id("id", &request.get_ref().id)?;
         self.catalog.remove(&id).await?;
         Ok(Response::new(DeleteBookResponse { id }))
@@ -168,10 +140,7 @@ impl BookService for BookGrpc {
     type WatchBookStream = BookStream;
 
     #[tracing::instrument(skip_all, fields(book_id = %request.get_ref().id))]
-    async fn watch_book(
-        &self,
-        request: Request<WatchBookRequest>,
-    ) -> Result<Response<Self::WatchBookStream>, Status> {
+    async fn watch_book(&self, request: Request<WatchBookRequest>) -> Result<Response<Self::WatchBookStream>, Status> {
         let id = parse_id("id", &request.get_ref().id)?;
         // Subscribe before reading, so no change between the read and the subscription is missed.
         let changes = BroadcastStream::new(self.watch.subscribe());

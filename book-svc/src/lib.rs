@@ -32,18 +32,10 @@ pub use store::Migrator;
 
 /// book-svc's settings.
 #[derive(clap::Parser, Clone, Debug)]
-#[command(
-    name = "book-svc",
-    version,
-    about = "Catalogue and stock of the library, over gRPC"
-)]
+#[command(name = "book-svc", version, about = "Catalogue and stock of the library, over gRPC")]
 pub struct Config {
     /// Where the gRPC server listens.
-    #[arg(
-        long = "book-grpc-addr",
-        env = "BOOK_GRPC_ADDR",
-        default_value = "0.0.0.0:50051"
-    )]
+    #[arg(long = "book-grpc-addr", env = "BOOK_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
     /// book-svc's own log level (e.g. DEBUG); wins over RUST_LOG's default level.
     #[arg(long = "book-log-level", env = "BOOK_LOG_LEVEL")]
@@ -71,11 +63,7 @@ impl Application {
     ///
     /// # Errors
     /// The database cannot be opened or migrated, or the port cannot be bound.
-    pub async fn build(
-        config: &Config,
-        bus: EventBus,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, bus: EventBus, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let url = config.database.url_or_default("book");
         let db = library_platform::database::connect_and_migrate::<Migrator>(&url).await?;
         let listener = TcpListener::bind(config.grpc_addr)
@@ -104,10 +92,7 @@ impl Application {
 
     /// The bound port (useful with port 0 in tests).
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     /// The catalogue, for tests that drive it directly.
@@ -137,14 +122,7 @@ impl Application {
         };
         let router = router.add_service(BookServiceServer::new(service));
         tracing::info!(addr = %listener.local_addr()?, "book-svc serving gRPC");
-        let served = library_platform::grpc::serve(
-            router,
-            listener,
-            reporter,
-            &[SERVICE_NAME],
-            shutdown.clone(),
-        )
-        .await;
+        let served = library_platform::grpc::serve(router, listener, reporter, &[SERVICE_NAME], shutdown.clone()).await;
         shutdown.cancel();
         library_platform::service::drain("book-svc", &tracker).await;
         Ok(served?)

@@ -21,10 +21,7 @@ impl AuditLog {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path: PathBuf = dir.join(format!("{}.jsonl", host_name()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         tracing::info!(path = %path.display(), "auditing loan transitions");
         Ok(Self {
             file: Some(Arc::new(Mutex::new(file))),
@@ -33,13 +30,7 @@ impl AuditLog {
 
     /// Records one transition (after its transaction committed). A failure is logged, never
     /// returned: the loan has changed whatever the audit file says.
-    pub fn record(
-        &self,
-        transition: &str,
-        loan_id: &str,
-        user_id: &str,
-        detail: serde_json::Value,
-    ) {
+    pub fn record(&self, transition: &str, loan_id: &str, user_id: &str, detail: serde_json::Value) {
         let Some(file) = &self.file else { return };
         let line = serde_json::json!({
             "at": Utc::now().to_rfc3339(),
@@ -79,17 +70,9 @@ mod tests {
         let log = AuditLog::open(&dir).unwrap();
         log.record("borrowed", "l1", "u1", serde_json::json!({"quantity": 2}));
         log.record("returned", "l1", "u1", serde_json::json!({"quantity": 2}));
-        let file = std::fs::read_dir(&dir)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let file = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
         let text = std::fs::read_to_string(file).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["transition"], "borrowed");
         assert_eq!(lines[1]["detail"]["quantity"], 2);

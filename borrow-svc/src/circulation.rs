@@ -5,15 +5,12 @@ use chrono::{DateTime, Utc};
 use library_platform::bus::{EventMeta, HandleError, Outbox};
 use library_platform::database::is_unique_violation;
 use library_platform::paging::{self, PagingError};
-use library_proto::events::{
-    BookBorrowed, BookReturned, LateFeeCharged, LoanCanceled, OutOfStock, StockReserved,
-};
+use library_proto::events::{BookBorrowed, BookReturned, LateFeeCharged, LoanCanceled, OutOfStock, StockReserved};
 use library_proto::time::to_timestamp;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -210,18 +207,11 @@ impl Circulation {
         requested: Option<i32>,
     ) -> Result<ReturnOutcome, CirculationError> {
         let txn = self.db.begin().await?;
-        let loan = lock_loan(&txn, loan_id)
-            .await?
-            .ok_or(CirculationError::LoanNotFound)?;
+        let loan = lock_loan(&txn, loan_id).await?.ok_or(CirculationError::LoanNotFound)?;
         if loan.user_id != user_id {
             return Err(CirculationError::NotYourLoan);
         }
-        let quantity = copies_to_return(
-            status_of(&loan),
-            loan.quantity,
-            loan.returned_quantity,
-            requested,
-        )?;
+        let quantity = copies_to_return(status_of(&loan), loan.quantity, loan.returned_quantity, requested)?;
         let now = Utc::now();
         let days_late = self.policy.days_late(loan.due_at, now);
         let fee = self.policy.late_fee_for(days_late);
@@ -231,11 +221,8 @@ impl Circulation {
                 loans::Column::ReturnedQuantity,
                 Expr::col(loans::Column::ReturnedQuantity).add(quantity),
             )
-            .col_expr(
-                loans::Column::LateFee,
-                Expr::col(loans::Column::LateFee).add(fee),
-            )
-            .col_expr(loans::Column::UpdatedAt, Expr::val(now).into())
+            .col_expr(loans::Column::LateFee, Expr::col(loans::Column::LateFee).add(fee))
+            .col_expr(loans::Column::UpdatedAt, Expr::val(now))
             .filter(loans::Column::Id.eq(loan_id))
             .filter(loans::Column::Status.eq(LoanStatus::Active.as_str()))
             .filter(
@@ -244,10 +231,7 @@ impl Circulation {
                     .lte(Expr::col(loans::Column::Quantity)),
             );
         if closes {
-            update = update.col_expr(
-                loans::Column::Status,
-                Expr::val(LoanStatus::Returned.as_str()).into(),
-            );
+            update = update.col_expr(loans::Column::Status, Expr::val(LoanStatus::Returned.as_str()));
         }
         if update.exec(&txn).await?.rows_affected == 0 {
             // The lock makes this unreachable on PostgreSQL; the condition is the last word anyway.
@@ -315,11 +299,7 @@ impl Circulation {
     ///
     /// # Errors
     /// Unknown (or another reader's) loan, or a database failure.
-    pub async fn get_loan(
-        &self,
-        loan_id: &str,
-        user_id: Option<&str>,
-    ) -> Result<Loan, CirculationError> {
+    pub async fn get_loan(&self, loan_id: &str, user_id: Option<&str>) -> Result<Loan, CirculationError> {
         let loan = loans::Entity::find_by_id(loan_id)
             .one(&self.db)
             .await?
@@ -373,15 +353,9 @@ impl Circulation {
     ///
     /// # Errors
     /// Unknown loan, a closed loan, or a database failure.
-    pub async fn change_due_date(
-        &self,
-        loan_id: &str,
-        due_at: DateTime<Utc>,
-    ) -> Result<Loan, CirculationError> {
+    pub async fn change_due_date(&self, loan_id: &str, due_at: DateTime<Utc>) -> Result<Loan, CirculationError> {
         let txn = self.db.begin().await?;
-        let loan = lock_loan(&txn, loan_id)
-            .await?
-            .ok_or(CirculationError::LoanNotFound)?;
+        let loan = lock_loan(&txn, loan_id).await?.ok_or(CirculationError::LoanNotFound)?;
         let status = status_of(&loan);
         if !status.is_open() {
             return Err(CirculationError::Closed(status));
@@ -405,21 +379,14 @@ impl Circulation {
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
-    pub async fn activate(
-        &self,
-        reserved: StockReserved,
-        meta: EventMeta,
-    ) -> Result<(), HandleError> {
+    pub async fn activate(&self, reserved: StockReserved, meta: EventMeta) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
         if !meta.claim(&txn).await? {
             return Ok(());
         }
         let activated = loans::Entity::update_many()
-            .col_expr(
-                loans::Column::Status,
-                Expr::val(LoanStatus::Active.as_str()).into(),
-            )
-            .col_expr(loans::Column::UpdatedAt, Expr::val(Utc::now()).into())
+            .col_expr(loans::Column::Status, Expr::val(LoanStatus::Active.as_str()))
+            .col_expr(loans::Column::UpdatedAt, Expr::val(Utc::now()))
             .filter(loans::Column::Id.eq(&reserved.loan_id))
             .filter(loans::Column::Status.eq(LoanStatus::Pending.as_str()))
             .exec(&txn)
@@ -477,21 +444,13 @@ impl Circulation {
         self.outbox.enqueue(&txn, &canceled).await?;
         self.outbox.commit(txn).await?;
         tracing::info!(loan_id = %loan.id, %reason, "loan canceled");
-        self.audit.record(
-            "canceled",
-            &loan.id,
-            &loan.user_id,
-            json!({"reason": reason}),
-        );
+        self.audit
+            .record("canceled", &loan.id, &loan.user_id, json!({"reason": reason}));
         Ok(())
     }
 }
 
-async fn find_by_key(
-    conn: &impl ConnectionTrait,
-    user_id: &str,
-    key: &str,
-) -> Result<Option<Loan>, DbErr> {
+async fn find_by_key(conn: &impl ConnectionTrait, user_id: &str, key: &str) -> Result<Option<Loan>, DbErr> {
     loans::Entity::find()
         .filter(loans::Column::UserId.eq(user_id))
         .filter(loans::Column::IdempotencyKey.eq(key))
@@ -516,11 +475,7 @@ async fn lock_reader(txn: &DatabaseTransaction, user_id: &str) -> Result<i32, Db
     Ok(select.one(txn).await?.map(|r| r.outstanding).unwrap_or(0))
 }
 
-async fn add_outstanding(
-    txn: &DatabaseTransaction,
-    user_id: &str,
-    delta: i32,
-) -> Result<(), DbErr> {
+async fn add_outstanding(txn: &DatabaseTransaction, user_id: &str, delta: i32) -> Result<(), DbErr> {
     readers::Entity::update_many()
         .col_expr(
             readers::Column::Outstanding,

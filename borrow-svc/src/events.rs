@@ -21,3 +21,36 @@ pub fn subscriptions(circulation: Circulation) -> Subscriptions {
             async move { circulation.cancel(event, meta).await }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::AuditLog;
+    use crate::domain::{FeeTiers, LoanPolicy};
+    use crate::stock::StockChecker;
+    use library_platform::bus::Outbox;
+
+    #[tokio::test]
+    async fn consumes_exactly_what_the_contract_declares() {
+        let channel = library_platform::grpc::guarded_channel(
+            "book",
+            "BOOK_SVC_URL",
+            "http://127.0.0.1:1",
+            Duration::from_millis(10),
+        )
+        .unwrap();
+        let policy = LoanPolicy::new(14, 10, FeeTiers::default(), "UTC").unwrap();
+        let circulation = Circulation::new(
+            Default::default(),
+            Outbox::default(),
+            policy,
+            StockChecker::new(channel, Duration::from_millis(10)),
+            AuditLog::default(),
+        );
+        let mut keys = subscriptions(circulation).routing_keys();
+        keys.sort();
+        assert_eq!(keys, library_proto::routing_keys_of(SAGA_QUEUE));
+    }
+}

@@ -3,8 +3,8 @@
 use library_platform::grpc::{internal, parse_id, refused};
 use library_proto::borrow::borrow_service_server::BorrowService;
 use library_proto::borrow::{
-    BorrowRequest, ChangeDueDateRequest, GetLoanRequest, ListLoansRequest, ListLoansResponse,
-    Loan as LoanMessage, LoanStatus as LoanStatusMessage, ReturnRequest, ReturnResponse,
+    BorrowRequest, ChangeDueDateRequest, GetLoanRequest, ListLoansRequest, ListLoansResponse, Loan as LoanMessage,
+    LoanStatus as LoanStatusMessage, ReturnRequest, ReturnResponse,
 };
 use library_proto::time::{from_timestamp, to_timestamp};
 use tonic::{Code, Request, Response, Status};
@@ -16,27 +16,17 @@ impl From<CirculationError> for Status {
     fn from(error: CirculationError) -> Self {
         let message = error.to_string();
         match error {
-            CirculationError::InvalidQuantity { .. } | CirculationError::Paging(_) => {
-                Status::invalid_argument(message)
-            }
-            CirculationError::Return(ReturnError::InvalidQuantity) => {
-                Status::invalid_argument(message)
-            }
-            CirculationError::OutOfStock { .. } => {
-                refused(Code::FailedPrecondition, "OUT_OF_STOCK", message)
-            }
-            CirculationError::LimitReached { .. } => {
-                refused(Code::FailedPrecondition, "LOAN_LIMIT_REACHED", message)
-            }
+            CirculationError::InvalidQuantity { .. } | CirculationError::Paging(_) => Status::invalid_argument(message),
+            CirculationError::Return(ReturnError::InvalidQuantity) => Status::invalid_argument(message),
+            CirculationError::OutOfStock { .. } => refused(Code::FailedPrecondition, "OUT_OF_STOCK", message),
+            CirculationError::LimitReached { .. } => refused(Code::FailedPrecondition, "LOAN_LIMIT_REACHED", message),
             CirculationError::Return(ReturnError::ExceedsOutstanding { .. }) => {
                 refused(Code::FailedPrecondition, "RETURN_EXCEEDS_LOAN", message)
             }
             CirculationError::Return(ReturnError::NotActive(_)) | CirculationError::Closed(_) => {
                 refused(Code::FailedPrecondition, "LOAN_NOT_ACTIVE", message)
             }
-            CirculationError::BookNotFound | CirculationError::LoanNotFound => {
-                Status::not_found(message)
-            }
+            CirculationError::BookNotFound | CirculationError::LoanNotFound => Status::not_found(message),
             CirculationError::NotYourLoan => Status::permission_denied(message),
             CirculationError::Database(e) => internal("circulation database failure", &e),
         }
@@ -72,18 +62,14 @@ fn to_message(loan: Loan) -> LoanMessage {
 fn user_id(value: &str) -> Result<&str, Status> {
     let value = value.trim();
     if value.is_empty() || value.len() > 128 {
-        return Err(Status::invalid_argument(
-            "user_id: must be 1 to 128 characters",
-        ));
+        return Err(Status::invalid_argument("user_id: must be 1 to 128 characters"));
     }
     Ok(value)
 }
 
 fn idempotency_key(value: Option<String>) -> Result<Option<String>, Status> {
     match value.map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()) {
-        Some(k) if k.len() > 200 => Err(Status::invalid_argument(
-            "idempotency_key: at most 200 characters",
-        )),
+        Some(k) if k.len() > 200 => Err(Status::invalid_argument("idempotency_key: at most 200 characters")),
         other => Ok(other),
     }
 }
@@ -96,33 +82,21 @@ pub struct BorrowGrpc {
 #[tonic::async_trait]
 impl BorrowService for BorrowGrpc {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id, book_id = %request.get_ref().book_id))]
-    async fn borrow(
-        &self,
-        request: Request<BorrowRequest>,
-    ) -> Result<Response<LoanMessage>, Status> {
+    async fn borrow(&self, request: Request<BorrowRequest>) -> Result<Response<LoanMessage>, Status> {
         let r = request.into_inner();
         let user = user_id(&r.user_id)?;
         let book = parse_id("book_id", &r.book_id)?;
         let key = idempotency_key(r.idempotency_key)?;
-        let loan = self
-            .circulation
-            .borrow(user, &book, r.quantity, key)
-            .await?;
+        let loan = self.circulation.borrow(user, &book, r.quantity, key).await?;
         Ok(Response::new(to_message(loan)))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id, loan_id = %request.get_ref().loan_id))]
-    async fn r#return(
-        &self,
-        request: Request<ReturnRequest>,
-    ) -> Result<Response<ReturnResponse>, Status> {
+    async fn r#return(&self, request: Request<ReturnRequest>) -> Result<Response<ReturnResponse>, Status> {
         let r = request.into_inner();
         let user = user_id(&r.user_id)?;
         let loan = parse_id("loan_id", &r.loan_id)?;
-        let outcome = self
-            .circulation
-            .return_loan(user, &loan, r.quantity)
-            .await?;
+        let outcome = self.circulation.return_loan(user, &loan, r.quantity).await?;
         Ok(Response::new(ReturnResponse {
             loan: Some(to_message(outcome.loan)),
             quantity: outcome.quantity,
@@ -132,23 +106,15 @@ impl BorrowService for BorrowGrpc {
     }
 
     #[tracing::instrument(skip_all, fields(loan_id = %request.get_ref().loan_id))]
-    async fn get_loan(
-        &self,
-        request: Request<GetLoanRequest>,
-    ) -> Result<Response<LoanMessage>, Status> {
+    async fn get_loan(&self, request: Request<GetLoanRequest>) -> Result<Response<LoanMessage>, Status> {
         let r = request.into_inner();
         let loan = parse_id("loan_id", &r.loan_id)?;
         let user = r.user_id.as_deref().map(user_id).transpose()?;
-        Ok(Response::new(to_message(
-            self.circulation.get_loan(&loan, user).await?,
-        )))
+        Ok(Response::new(to_message(self.circulation.get_loan(&loan, user).await?)))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
-    async fn list_loans(
-        &self,
-        request: Request<ListLoansRequest>,
-    ) -> Result<Response<ListLoansResponse>, Status> {
+    async fn list_loans(&self, request: Request<ListLoansRequest>) -> Result<Response<ListLoansResponse>, Status> {
         let r = request.into_inner();
         let user = user_id(&r.user_id)?;
         let status = match r.status.map(LoanStatusMessage::try_from) {
@@ -171,10 +137,7 @@ impl BorrowService for BorrowGrpc {
     }
 
     #[tracing::instrument(skip_all, fields(loan_id = %request.get_ref().loan_id))]
-    async fn change_due_date(
-        &self,
-        request: Request<ChangeDueDateRequest>,
-    ) -> Result<Response<LoanMessage>, Status> {
+    async fn change_due_date(&self, request: Request<ChangeDueDateRequest>) -> Result<Response<LoanMessage>, Status> {
         let r = request.into_inner();
         let loan = parse_id("loan_id", &r.loan_id)?;
         let due_at = r

@@ -47,11 +47,7 @@ use crate::domain::{FeeTiers, LoanPolicy};
 )]
 pub struct Config {
     /// Where the gRPC server listens.
-    #[arg(
-        long = "borrow-grpc-addr",
-        env = "BORROW_GRPC_ADDR",
-        default_value = "0.0.0.0:50052"
-    )]
+    #[arg(long = "borrow-grpc-addr", env = "BORROW_GRPC_ADDR", default_value = "0.0.0.0:50052")]
     pub grpc_addr: SocketAddr,
     /// Where book-svc answers CheckStock.
     #[arg(
@@ -131,11 +127,7 @@ impl Application {
     ///
     /// # Errors
     /// A bad setting, a database that cannot be opened or migrated, or a port that cannot be bound.
-    pub async fn build(
-        config: &Config,
-        bus: EventBus,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, bus: EventBus, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let policy = config.policy()?;
         let channel = library_platform::grpc::guarded_channel(
             "book-svc",
@@ -143,10 +135,7 @@ impl Application {
             &config.book_svc_url,
             Duration::from_millis(config.stock_check_timeout_ms),
         )?;
-        let stock = stock::StockChecker::new(
-            channel,
-            Duration::from_millis(config.stock_check_timeout_ms),
-        );
+        let stock = stock::StockChecker::new(channel, Duration::from_millis(config.stock_check_timeout_ms));
         let audit = match &config.audit_dir {
             Some(dir) => audit::AuditLog::open(dir)
                 .with_context(|| format!("LIBRARY_AUDIT_DIR: cannot write to {}", dir.display()))?,
@@ -178,10 +167,7 @@ impl Application {
 
     /// The bound port (useful with port 0 in tests).
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     /// The circulation desk, for tests that drive it directly.
@@ -205,14 +191,7 @@ impl Application {
         let (reporter, router) = library_platform::grpc::server()?;
         let router = router.add_service(BorrowServiceServer::new(grpc::BorrowGrpc { circulation }));
         tracing::info!(addr = %listener.local_addr()?, "borrow-svc serving gRPC");
-        let served = library_platform::grpc::serve(
-            router,
-            listener,
-            reporter,
-            &[SERVICE_NAME],
-            shutdown.clone(),
-        )
-        .await;
+        let served = library_platform::grpc::serve(router, listener, reporter, &[SERVICE_NAME], shutdown.clone()).await;
         shutdown.cancel();
         library_platform::service::drain("borrow-svc", &tracker).await;
         Ok(served?)

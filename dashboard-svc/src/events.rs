@@ -3,9 +3,7 @@
 use library_platform::bus::{EventBus, Subscriptions};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::DomainEvent;
-use library_proto::events::{
-    BookBorrowed, BookReturned, DashboardUpdated, LateFeeCharged, LoanCanceled,
-};
+use library_proto::events::{BookBorrowed, BookReturned, DashboardUpdated, LateFeeCharged, LoanCanceled};
 use prost::Message;
 use tokio::sync::broadcast;
 
@@ -18,12 +16,7 @@ pub const PROJECTION_QUEUE: &str = "dashboard-svc.projection";
 /// returned or the loan is canceled; fees add up.
 pub fn subscriptions(dashboards: Dashboards) -> Subscriptions {
     let on = |dashboards: &Dashboards| dashboards.clone();
-    let (borrowed, canceled, returned, charged) = (
-        on(&dashboards),
-        on(&dashboards),
-        on(&dashboards),
-        dashboards,
-    );
+    let (borrowed, canceled, returned, charged) = (on(&dashboards), on(&dashboards), on(&dashboards), dashboards);
     Subscriptions::new("dashboard-svc")
         .on::<BookBorrowed, _, _>(move |e, meta| {
             let d = borrowed.clone();
@@ -109,5 +102,18 @@ impl DashboardFeed {
 
     pub fn subscribe(&self) -> broadcast::Receiver<DashboardUpdated> {
         self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use library_platform::bus::Outbox;
+
+    #[test]
+    fn consumes_exactly_what_the_contract_declares() {
+        let mut keys = subscriptions(Dashboards::new(Default::default(), Outbox::default())).routing_keys();
+        keys.sort();
+        assert_eq!(keys, library_proto::routing_keys_of(PROJECTION_QUEUE));
     }
 }

@@ -5,9 +5,7 @@ use futures::{Stream, StreamExt};
 use library_platform::CancellationToken;
 use library_platform::grpc::internal;
 use library_proto::dashboard::dashboard_service_server::DashboardService;
-use library_proto::dashboard::{
-    Dashboard as DashboardMessage, GetDashboardRequest, WatchDashboardRequest,
-};
+use library_proto::dashboard::{Dashboard as DashboardMessage, GetDashboardRequest, WatchDashboardRequest};
 use library_proto::time::to_timestamp;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -28,9 +26,7 @@ fn to_message(d: Dashboard) -> DashboardMessage {
 fn user_id(value: &str) -> Result<String, Status> {
     let value = value.trim();
     if value.is_empty() || value.len() > 128 {
-        return Err(Status::invalid_argument(
-            "user_id: must be 1 to 128 characters",
-        ));
+        return Err(Status::invalid_argument("user_id: must be 1 to 128 characters"));
     }
     Ok(value.to_owned())
 }
@@ -48,10 +44,7 @@ type DashboardStream = Pin<Box<dyn Stream<Item = Result<DashboardMessage, Status
 #[tonic::async_trait]
 impl DashboardService for DashboardGrpc {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
-    async fn get_dashboard(
-        &self,
-        request: Request<GetDashboardRequest>,
-    ) -> Result<Response<DashboardMessage>, Status> {
+    async fn get_dashboard(&self, request: Request<GetDashboardRequest>) -> Result<Response<DashboardMessage>, Status> {
         let user = user_id(&request.get_ref().user_id)?;
         let dashboard = self
             .dashboards

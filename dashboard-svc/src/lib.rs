@@ -69,16 +69,12 @@ impl Application {
     ///
     /// # Errors
     /// The database cannot be opened or migrated, or the port cannot be bound.
-    pub async fn build(
-        config: &Config,
-        bus: EventBus,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, bus: EventBus, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let url = config.database.url_or_default("dashboard");
         let db = library_platform::database::connect_and_migrate::<Migrator>(&url).await?;
-        let listener = TcpListener::bind(config.grpc_addr).await.with_context(|| {
-            format!("DASHBOARD_GRPC_ADDR: cannot listen on {}", config.grpc_addr)
-        })?;
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("DASHBOARD_GRPC_ADDR: cannot listen on {}", config.grpc_addr))?;
         let outbox = Outbox::default();
         let dashboards = Dashboards::new(db.clone(), outbox.clone());
         let tracker = TaskTracker::new();
@@ -102,10 +98,7 @@ impl Application {
 
     /// The bound port (useful with port 0 in tests).
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     /// The read model, for tests that drive it directly.
@@ -135,14 +128,7 @@ impl Application {
         };
         let router = router.add_service(DashboardServiceServer::new(service));
         tracing::info!(addr = %listener.local_addr()?, "dashboard-svc serving gRPC");
-        let served = library_platform::grpc::serve(
-            router,
-            listener,
-            reporter,
-            &[SERVICE_NAME],
-            shutdown.clone(),
-        )
-        .await;
+        let served = library_platform::grpc::serve(router, listener, reporter, &[SERVICE_NAME], shutdown.clone()).await;
         shutdown.cancel();
         library_platform::service::drain("dashboard-svc", &tracker).await;
         Ok(served?)

@@ -52,12 +52,7 @@ impl Dashboards {
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
-    pub async fn apply(
-        &self,
-        user_id: &str,
-        change: Change,
-        meta: EventMeta,
-    ) -> Result<(), HandleError> {
+    pub async fn apply(&self, user_id: &str, change: Change, meta: EventMeta) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
         if !meta.claim(&txn).await? {
             return Ok(());
@@ -78,8 +73,7 @@ impl Dashboards {
                 )
                 .value(
                     Column::LateFeeTotal,
-                    Expr::col((Entity, Column::LateFeeTotal))
-                        .add(Expr::col((excluded.clone(), Column::LateFeeTotal))),
+                    Expr::col((Entity, Column::LateFeeTotal)).add(Expr::col((excluded.clone(), Column::LateFeeTotal))),
                 )
                 .value(Column::UpdatedAt, Expr::col((excluded, Column::UpdatedAt)))
                 .to_owned(),

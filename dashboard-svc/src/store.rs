@@ -26,10 +26,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            library_platform::bus::bus_migration(),
-            Box::new(CreateDashboards),
-        ]
+        vec![library_platform::bus::bus_migration(), Box::new(CreateDashboards)]
     }
 }
 
@@ -49,29 +46,10 @@ impl MigrationTrait for CreateDashboards {
                 Table::create()
                     .table(Entity)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Column::UserId)
-                            .string_len(128)
-                            .not_null()
-                            .primary_key(),
-                    )
-                    .col(
-                        ColumnDef::new(Column::BorrowedCount)
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
-                    .col(
-                        ColumnDef::new(Column::LateFeeTotal)
-                            .big_integer()
-                            .not_null()
-                            .default(0),
-                    )
-                    .col(
-                        ColumnDef::new(Column::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Column::UserId).string_len(128).not_null().primary_key())
+                    .col(ColumnDef::new(Column::BorrowedCount).integer().not_null().default(0))
+                    .col(ColumnDef::new(Column::LateFeeTotal).big_integer().not_null().default(0))
+                    .col(ColumnDef::new(Column::UpdatedAt).timestamp_with_time_zone().not_null())
                     .to_owned(),
             )
             .await

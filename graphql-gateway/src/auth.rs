@@ -38,9 +38,7 @@ impl Auth {
     pub fn viewer(&self) -> Result<&Viewer, GatewayError> {
         match self {
             Auth::Viewer(viewer) => Ok(viewer),
-            Auth::Anonymous => Err(GatewayError::Unauthenticated(
-                "a bearer token is required".into(),
-            )),
+            Auth::Anonymous => Err(GatewayError::Unauthenticated("a bearer token is required".into())),
             Auth::Invalid(why) => Err(GatewayError::Unauthenticated(why.clone())),
         }
     }
@@ -54,9 +52,7 @@ impl Auth {
         if viewer.admin {
             Ok(viewer)
         } else {
-            Err(GatewayError::Forbidden(
-                "this operation is for administrators".into(),
-            ))
+            Err(GatewayError::Forbidden("this operation is for administrators".into()))
         }
     }
 }
@@ -86,19 +82,14 @@ impl JwtKeys {
         let Some(value) = authorization.map(str::trim).filter(|v| !v.is_empty()) else {
             return Auth::Anonymous;
         };
-        let Some(token) = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-        else {
+        let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
             return Auth::Invalid("the Authorization header must be `Bearer <token>`".into());
         };
         match jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation) {
-            Ok(data) if !data.claims.sub.trim().is_empty() && data.claims.sub.len() <= 128 => {
-                Auth::Viewer(Viewer {
-                    admin: data.claims.roles.iter().any(|r| r == "admin"),
-                    user_id: data.claims.sub,
-                })
-            }
+            Ok(data) if !data.claims.sub.trim().is_empty() && data.claims.sub.len() <= 128 => Auth::Viewer(Viewer {
+                admin: data.claims.roles.iter().any(|r| r == "admin"),
+                user_id: data.claims.sub,
+            }),
             Ok(_) => Auth::Invalid("the token's subject is empty or too long".into()),
             Err(error) => {
                 use jsonwebtoken::errors::ErrorKind;
@@ -162,10 +153,7 @@ mod tests {
     #[test]
     fn missing_expired_and_forged_tokens_are_unauthenticated() {
         let keys = JwtKeys::new("secret");
-        assert_eq!(
-            keys.authenticate(None).viewer().unwrap_err().code(),
-            "UNAUTHENTICATED"
-        );
+        assert_eq!(keys.authenticate(None).viewer().unwrap_err().code(), "UNAUTHENTICATED");
         let forged = JwtKeys::new("other").issue("eve", &["admin"], 60).unwrap();
         assert!(matches!(
             keys.authenticate(Some(&format!("Bearer {forged}"))),
@@ -176,19 +164,11 @@ mod tests {
             exp: 1_000,
             roles: vec![],
         };
-        let expired = jsonwebtoken::encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(b"secret"),
-        )
-        .unwrap();
+        let expired = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"secret")).unwrap();
         assert!(matches!(
             keys.authenticate(Some(&format!("Bearer {expired}"))),
             Auth::Invalid(_)
         ));
-        assert!(matches!(
-            keys.authenticate(Some("Basic abc")),
-            Auth::Invalid(_)
-        ));
+        assert!(matches!(keys.authenticate(Some("Basic abc")), Auth::Invalid(_)));
     }
 }

@@ -76,17 +76,10 @@ impl GatewayError {
             (_, Code::InvalidArgument | Code::OutOfRange) => GatewayError::BadUserInput(message),
             (_, Code::PermissionDenied) => GatewayError::Forbidden(message),
             (_, Code::Unauthenticated) => GatewayError::Unauthenticated(message),
-            (_, Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted) => {
-                GatewayError::Conflict(message)
-            }
+            (_, Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted) => GatewayError::Conflict(message),
             (_, Code::ResourceExhausted) => GatewayError::ServiceBusy(service),
             (_, code) => {
-                tracing::warn!(
-                    service,
-                    ?code,
-                    message = status.message(),
-                    "downstream call failed"
-                );
+                tracing::warn!(service, ?code, message = status.message(), "downstream call failed");
                 GatewayError::ServiceUnavailable(service)
             }
         }
@@ -113,11 +106,7 @@ mod tests {
 
     #[test]
     fn refusal_reasons_win_over_codes() {
-        let status = refused(
-            Code::FailedPrecondition,
-            "OUT_OF_STOCK",
-            "only 4 copies are available",
-        );
+        let status = refused(Code::FailedPrecondition, "OUT_OF_STOCK", "only 4 copies are available");
         let error = GatewayError::from_status("borrow", &status);
         assert_eq!(error.code(), "OUT_OF_STOCK");
         assert_eq!(error.message(), "only 4 copies are available");

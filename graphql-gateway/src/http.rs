@@ -51,19 +51,12 @@ async fn graphiql() -> Html<String> {
     )
 }
 
-async fn graphql(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    request: GraphQLRequest,
-) -> GraphQLResponse {
+async fn graphql(State(state): State<AppState>, headers: HeaderMap, request: GraphQLRequest) -> GraphQLResponse {
     let auth = state
         .keys
         .authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
     let mut request = request.into_inner();
-    let operation = request
-        .operation_name
-        .clone()
-        .unwrap_or_else(|| "anonymous".into());
+    let operation = request.operation_name.clone().unwrap_or_else(|| "anonymous".into());
     request.data = request_data(&state.downstreams, auth);
     let started = Instant::now();
     let mut response = state.schema.execute(request).await;
@@ -74,22 +67,14 @@ async fn graphql(
             extensions.set("code", "BAD_USER_INPUT");
         }
     }
-    let status = if response.errors.is_empty() {
-        "ok"
-    } else {
-        "error"
-    };
+    let status = if response.errors.is_empty() { "ok" } else { "error" };
     metrics::counter!("graphql_requests_total", "operation" => operation.clone(), "status" => status).increment(1);
     metrics::histogram!("graphql_request_duration_seconds", "operation" => operation)
         .record(started.elapsed().as_secs_f64());
     response.into()
 }
 
-async fn graphql_ws(
-    State(state): State<AppState>,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
@@ -136,9 +121,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new();
-        let buckets = [
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ];
+        let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
         let builder = builder
             .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &buckets)
             .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -159,9 +142,6 @@ mod tests {
         let token = keys.issue("ana", &[], 60).unwrap();
         let payload = serde_json::json!({ "Authorization": format!("Bearer {token}") });
         assert!(matches!(auth_from_init(&keys, &payload), Auth::Viewer(_)));
-        assert!(matches!(
-            auth_from_init(&keys, &serde_json::json!({})),
-            Auth::Anonymous
-        ));
+        assert!(matches!(auth_from_init(&keys, &serde_json::json!({})), Auth::Anonymous));
     }
 }

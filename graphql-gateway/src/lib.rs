@@ -71,11 +71,7 @@ pub struct Config {
     )]
     pub dashboard_svc_url: String,
     /// HS256 key that signs and checks bearer tokens (required).
-    #[arg(
-        long = "jwt-secret",
-        env = "LIBRARY_JWT_SECRET",
-        hide_env_values = true
-    )]
+    #[arg(long = "jwt-secret", env = "LIBRARY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Deadline of every downstream call, in milliseconds.
     #[arg(
@@ -92,11 +88,7 @@ pub struct Config {
     )]
     pub borrow_concurrency: usize,
     /// book-svc and dashboard-svc calls in flight at most, each.
-    #[arg(
-        long = "read-concurrency",
-        env = "GATEWAY_READ_CONCURRENCY",
-        default_value_t = 256
-    )]
+    #[arg(long = "read-concurrency", env = "GATEWAY_READ_CONCURRENCY", default_value_t = 256)]
     pub read_concurrency: usize,
     /// The gateway's own log level (e.g. DEBUG); wins over RUST_LOG's default level.
     #[arg(long = "gateway-log-level", env = "GATEWAY_LOG_LEVEL")]
@@ -118,8 +110,8 @@ impl Application {
     /// # Errors
     /// A missing secret, a bad URL, or a port that cannot be bound.
     pub async fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let secret = library_platform::config::required("LIBRARY_JWT_SECRET", &config.jwt_secret)
-            .map_err(anyhow::Error::msg)?;
+        let secret =
+            library_platform::config::required("LIBRARY_JWT_SECRET", &config.jwt_secret).map_err(anyhow::Error::msg)?;
         let deadline = Duration::from_millis(config.downstream_timeout_ms);
         let downstreams = Downstreams {
             book: Downstream::new(
@@ -175,10 +167,7 @@ impl Application {
 
     /// The bound port (useful with port 0 in tests).
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     /// Serves until the shutdown token is cancelled: readiness goes false, the listener closes,
@@ -210,8 +199,5 @@ impl Application {
 /// # Errors
 /// A missing or bad setting, or a failure to start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Application::build(&config, shutdown)
-        .await?
-        .run_until_stopped()
-        .await
+    Application::build(&config, shutdown).await?.run_until_stopped().await
 }

@@ -18,13 +18,7 @@ pub struct TelemetryArgs {
     #[arg(long = "rust-log", env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
     /// `text` or `json` (one object a line, for Loki).
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        ignore_case = true
-    )]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", ignore_case = true)]
     pub log_format: LogFormat,
     /// OTLP/gRPC endpoint for traces (e.g. http://otel-collector:4317); unset: no export.
     #[arg(long = "otel-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -91,9 +85,6 @@ mod tests {
     fn an_empty_required_setting_is_missing() {
         assert!(required("AMQP_URL", &Some(" ".into())).is_err());
         assert!(required("AMQP_URL", &None).is_err());
-        assert_eq!(
-            required("AMQP_URL", &Some("amqp://x".into())),
-            Ok("amqp://x")
-        );
+        assert_eq!(required("AMQP_URL", &Some("amqp://x".into())), Ok("amqp://x"));
     }
 }

@@ -2,10 +2,7 @@
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    TransactionTrait,
-};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
 pub use sea_orm;
@@ -16,10 +13,7 @@ pub enum DatabaseError {
     #[error("DATABASE_URL: `{0}` is neither postgres:// nor sqlite://")]
     UnsupportedUrl(String),
     #[error("cannot create the directory for {path}: {source}")]
-    Directory {
-        path: String,
-        source: std::io::Error,
-    },
+    Directory { path: String, source: std::io::Error },
     #[error("cannot connect to the database: {0}")]
     Connect(DbErr),
     #[error("cannot migrate the database: {0}")]
@@ -34,9 +28,7 @@ pub enum DatabaseError {
 ///
 /// # Errors
 /// A URL of another kind, a server that cannot be reached, or a failed migration.
-pub async fn connect_and_migrate<M: MigratorTrait>(
-    url: &str,
-) -> Result<DatabaseConnection, DatabaseError> {
+pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DatabaseError> {
     let db = connect(url).await?;
     migrate::<M>(&db).await?;
     Ok(db)
@@ -54,24 +46,19 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DatabaseError> {
         .acquire_timeout(Duration::from_secs(10));
     if url.starts_with("sqlite:") {
         create_sqlite_dir(url)?;
-        options
-            .max_connections(1)
-            .min_connections(1)
-            .map_sqlx_sqlite_opts(|o| {
-                o.create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true)
-            });
+        options.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
+            o.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         options.max_connections(16).min_connections(1);
     } else {
         return Err(DatabaseError::UnsupportedUrl(redact(url)));
     }
-    Database::connect(options)
-        .await
-        .map_err(DatabaseError::Connect)
+    Database::connect(options).await.map_err(DatabaseError::Connect)
 }
 
 /// Applies `M`'s migrations. On PostgreSQL an advisory lock makes replicas that start together
@@ -122,9 +109,7 @@ fn create_sqlite_dir(url: &str) -> Result<(), DatabaseError> {
 /// # Errors
 /// The PostgreSQL server cannot be reached, or the database cannot be created.
 pub async fn service_database(url: &str, service: &str) -> Result<String, DatabaseError> {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let with_query = |u: String| match query {
         Some(q) => format!("{u}?{q}"),
         None => u,
@@ -180,10 +165,7 @@ pub fn redact(url: &str) -> String {
 
 /// True when `err` is a unique-constraint violation (a duplicate key).
 pub fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(
-        err.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
 #[cfg(test)]
@@ -193,15 +175,11 @@ mod tests {
     #[tokio::test]
     async fn sqlite_files_are_split_per_service() {
         assert_eq!(
-            service_database("sqlite://data/library.db", "book")
-                .await
-                .unwrap(),
+            service_database("sqlite://data/library.db", "book").await.unwrap(),
             "sqlite://data/library_book.db"
         );
         assert_eq!(
-            service_database("sqlite://x/l.db?mode=rwc", "borrow")
-                .await
-                .unwrap(),
+            service_database("sqlite://x/l.db?mode=rwc", "borrow").await.unwrap(),
             "sqlite://x/l_borrow.db?mode=rwc"
         );
     }

@@ -26,10 +26,7 @@ pub fn server() -> Result<(HealthReporter, Router), tonic_reflection::server::Er
     let router = Server::builder()
         .trace_fn(|request| {
             let span = tracing::info_span!("grpc", method = %request.uri().path());
-            crate::telemetry::set_parent_from_traceparent(
-                &span,
-                crate::telemetry::traceparent_of(request.headers()),
-            );
+            crate::telemetry::set_parent_from_traceparent(&span, crate::telemetry::traceparent_of(request.headers()));
             span
         })
         .add_service(health)
@@ -54,9 +51,7 @@ pub async fn serve(
         .chain(services.iter().map(|s| (*s).to_owned()))
         .collect();
     for name in &names {
-        reporter
-            .set_service_status(name.as_str(), ServingStatus::Serving)
-            .await;
+        reporter.set_service_status(name.as_str(), ServingStatus::Serving).await;
     }
     let stop = async move {
         shutdown.cancelled().await;
@@ -137,19 +132,15 @@ pub fn request<T>(message: T, deadline: Duration) -> tonic::Request<T> {
 /// A refusal with a machine-readable reason.
 pub fn refused(code: Code, reason: &'static str, message: impl Into<String>) -> Status {
     let mut status = Status::new(code, message);
-    status.metadata_mut().insert(
-        REASON_KEY,
-        tonic::metadata::MetadataValue::from_static(reason),
-    );
+    status
+        .metadata_mut()
+        .insert(REASON_KEY, tonic::metadata::MetadataValue::from_static(reason));
     status
 }
 
 /// The reason a refusal carries, if any.
 pub fn reason_of(status: &Status) -> Option<&str> {
-    status
-        .metadata()
-        .get(REASON_KEY)
-        .and_then(|v| v.to_str().ok())
+    status.metadata().get(REASON_KEY).and_then(|v| v.to_str().ok())
 }
 
 /// An internal failure: logged here with its cause, answered with a generic message.

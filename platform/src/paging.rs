@@ -43,9 +43,7 @@ pub fn decode_cursor(token: &str, parts: usize) -> Result<Option<Vec<String>>, P
     if token.is_empty() {
         return Ok(None);
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| PagingError::Cursor)?;
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| PagingError::Cursor)?;
     let text = String::from_utf8(bytes).map_err(|_| PagingError::Cursor)?;
     let values: Vec<String> = text.split(SEPARATOR).map(str::to_owned).collect();
     if values.len() != parts {
@@ -70,10 +68,7 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_reject_forgeries() {
         let c = encode_cursor(&["Dune", "0191"]);
-        assert_eq!(
-            decode_cursor(&c, 2),
-            Ok(Some(vec!["Dune".into(), "0191".into()]))
-        );
+        assert_eq!(decode_cursor(&c, 2), Ok(Some(vec!["Dune".into(), "0191".into()])));
         assert_eq!(decode_cursor("", 2), Ok(None));
         assert_eq!(decode_cursor("!!", 2), Err(PagingError::Cursor));
         assert_eq!(decode_cursor(&c, 1), Err(PagingError::Cursor));

@@ -16,12 +16,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs a service binary: initialises telemetry, cancels the token passed to `run` on SIGTERM or
 /// SIGINT, and turns the outcome into an exit code (0 after a clean stop).
-pub async fn run_main<F, Fut>(
-    service: &str,
-    telemetry: &TelemetryArgs,
-    levels: &[ServiceLevel<'_>],
-    run: F,
-) -> ExitCode
+pub async fn run_main<F, Fut>(service: &str, telemetry: &TelemetryArgs, levels: &[ServiceLevel<'_>], run: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -53,16 +48,13 @@ where
 /// `AMQP_URL` is missing or not an AMQP URL.
 pub fn required_bus(args: &BusArgs) -> anyhow::Result<EventBus> {
     let url = crate::config::required("AMQP_URL", &args.amqp_url).map_err(anyhow::Error::msg)?;
-    Ok(EventBus::rabbitmq(url, BusNames::default())?)
+    Ok(EventBus::rabbitmq(url, BusNames::default())?.with_system_queues())
 }
 
 /// Waits for `tracker`'s tasks (closing it first), at most [`DRAIN_TIMEOUT`].
 pub async fn drain(service: &str, tracker: &TaskTracker) {
     tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
         tracing::warn!(service, "background tasks did not finish in time");
     }
 }

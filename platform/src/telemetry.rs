@@ -48,37 +48,33 @@ impl Drop for TelemetryGuard {
 
 /// Builds the log filter: `RUST_LOG`, then each service's level for its own crate and the
 /// platform, which wins over `RUST_LOG`'s default level.
-pub fn build_filter(
-    rust_log: &str,
-    levels: &[ServiceLevel<'_>],
-) -> Result<EnvFilter, TelemetryError> {
-    let mut filter =
-        EnvFilter::builder()
-            .parse(rust_log)
-            .map_err(|_| TelemetryError::BadFilter {
-                setting: "RUST_LOG".into(),
-                value: rust_log.into(),
-            })?;
+pub fn build_filter(rust_log: &str, levels: &[ServiceLevel<'_>]) -> Result<EnvFilter, TelemetryError> {
+    let mut filter = EnvFilter::builder()
+        .parse(rust_log)
+        .map_err(|_| TelemetryError::BadFilter {
+            setting: "RUST_LOG".into(),
+            value: rust_log.into(),
+        })?;
     for service in levels {
         let Some(level) = service.level.filter(|l| !l.trim().is_empty()) else {
             continue;
         };
-        let parsed: tracing::level_filters::LevelFilter = level
-            .trim()
-            .to_ascii_lowercase()
-            .parse()
-            .map_err(|_| TelemetryError::BadFilter {
-                setting: service.setting.into(),
-                value: level.into(),
-            })?;
+        let parsed: tracing::level_filters::LevelFilter =
+            level
+                .trim()
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|_| TelemetryError::BadFilter {
+                    setting: service.setting.into(),
+                    value: level.into(),
+                })?;
         for target in [service.target, "library_platform"] {
-            let directive =
-                format!("{target}={parsed}")
-                    .parse()
-                    .map_err(|_| TelemetryError::BadFilter {
-                        setting: service.setting.into(),
-                        value: level.into(),
-                    })?;
+            let directive = format!("{target}={parsed}")
+                .parse()
+                .map_err(|_| TelemetryError::BadFilter {
+                    setting: service.setting.into(),
+                    value: level.into(),
+                })?;
             filter = filter.add_directive(directive);
         }
     }
@@ -117,10 +113,7 @@ pub fn init(
     Ok(TelemetryGuard { provider })
 }
 
-fn tracer_provider(
-    service_name: &str,
-    endpoint: Option<&str>,
-) -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(service_name: &str, endpoint: Option<&str>) -> Result<SdkTracerProvider, TelemetryError> {
     use opentelemetry_otlp::WithExportConfig;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_owned())

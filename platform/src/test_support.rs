@@ -8,14 +8,12 @@ use crate::bus::BusNames;
 
 /// The PostgreSQL server tests use (`TEST_POSTGRES_URL`, default the local trust-auth server).
 pub fn postgres_server_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// The RabbitMQ tests use (`TEST_AMQP_URL`, default the local guest account).
 pub fn amqp_url() -> String {
-    std::env::var("TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Creates an empty database with a unique name and returns its URL.

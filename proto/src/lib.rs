@@ -21,8 +21,7 @@ pub mod events {
 pub mod time;
 
 /// The encoded descriptors of every service, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/library_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/library_descriptor.bin"));
 
 /// A domain event: a Protobuf message that names itself and where it is routed.
 pub trait DomainEvent: prost::Message + Default + Send + Sync + 'static {
@@ -32,6 +31,37 @@ pub trait DomainEvent: prost::Message + Default + Send + Sync + 'static {
     const ROUTING_KEY: &'static str;
     /// The event's unique id, on which consumers de-duplicate.
     fn event_id(&self) -> &str;
+}
+
+/// Who consumes what: every durable consumer queue of the system and the routing keys bound to
+/// it. Publishers declare these before publishing, so an event published before its consumer
+/// ever started waits in the queue instead of being dropped by the exchange.
+pub const CONSUMER_QUEUES: &[(&str, &[&str])] = &[
+    (
+        "book-svc.saga",
+        &["borrow.book_borrowed", "borrow.book_returned", "borrow.loan_canceled"],
+    ),
+    ("borrow-svc.saga", &["book.stock_reserved", "book.out_of_stock"]),
+    (
+        "dashboard-svc.projection",
+        &[
+            "borrow.book_borrowed",
+            "borrow.loan_canceled",
+            "borrow.book_returned",
+            "borrow.late_fee_charged",
+        ],
+    ),
+];
+
+/// The routing keys bound to the consumer queue `queue`, sorted.
+pub fn routing_keys_of(queue: &str) -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = CONSUMER_QUEUES
+        .iter()
+        .find(|(q, _)| *q == queue)
+        .map(|(_, keys)| keys.to_vec())
+        .unwrap_or_default();
+    keys.sort_unstable();
+    keys
 }
 
 macro_rules! domain_events {

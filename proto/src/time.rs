@@ -28,10 +28,7 @@ mod tests {
 
     #[test]
     fn negative_nanos_are_out_of_range() {
-        let ts = Timestamp {
-            seconds: 0,
-            nanos: -1,
-        };
+        let ts = Timestamp { seconds: 0, nanos: -1 };
         assert_eq!(from_timestamp(&ts), None);
     }
 }

@@ -156,17 +156,9 @@ pub struct BookDraft {
 impl BookDraft {
     /// # Errors
     /// The first invalid field.
-    pub fn parse(
-        isbn: Option<&str>,
-        title: &str,
-        author: &str,
-        total_copies: i32,
-    ) -> Result<Self, ValidationError> {
+    pub fn parse(isbn: Option<&str>, title: &str, author: &str, total_copies: i32) -> Result<Self, ValidationError> {
         Ok(Self {
-            isbn: isbn
-                .filter(|s| !s.trim().is_empty())
-                .map(Isbn::parse)
-                .transpose()?,
+            isbn: isbn.filter(|s| !s.trim().is_empty()).map(Isbn::parse).transpose()?,
             title: Title::parse(title)?,
             author: Author::parse(author)?,
             total_copies: Copies::parse("totalCopies", total_copies)?,
@@ -204,9 +196,7 @@ impl BookEdit {
                 .transpose()?,
             title: title.map(Title::parse).transpose()?,
             author: author.map(Author::parse).transpose()?,
-            total_copies: total_copies
-                .map(|n| Copies::parse("totalCopies", n))
-                .transpose()?,
+            total_copies: total_copies.map(|n| Copies::parse("totalCopies", n)).transpose()?,
         })
     }
 }
@@ -217,10 +207,7 @@ mod tests {
 
     #[test]
     fn isbn13_with_hyphens_is_accepted_and_compacted() {
-        assert_eq!(
-            Isbn::parse("978-0-306-40615-7").unwrap().as_str(),
-            "9780306406157"
-        );
+        assert_eq!(Isbn::parse("978-0-306-40615-7").unwrap().as_str(), "9780306406157");
     }
 
     #[test]
@@ -243,43 +230,23 @@ mod tests {
 
     #[test]
     fn blank_title_or_author_is_refused_by_name() {
-        assert_eq!(
-            BookDraft::parse(None, "  ", "Kim", 1).unwrap_err().field,
-            "title"
-        );
-        assert_eq!(
-            BookDraft::parse(None, "Dune", "", 1).unwrap_err().field,
-            "author"
-        );
+        assert_eq!(BookDraft::parse(None, "  ", "Kim", 1).unwrap_err().field, "title");
+        assert_eq!(BookDraft::parse(None, "Dune", "", 1).unwrap_err().field, "author");
     }
 
     #[test]
     fn copies_are_bounded() {
         assert!(Copies::parse("totalCopies", -1).is_err());
         assert!(Copies::parse("totalCopies", 100_001).is_err());
-        assert_eq!(
-            Copies::parse("totalCopies", 100_000).unwrap().get(),
-            100_000
-        );
+        assert_eq!(Copies::parse("totalCopies", 100_000).unwrap().get(), 100_000);
         assert_eq!(Copies::parse("totalCopies", 0).unwrap().get(), 0);
     }
 
     #[test]
     fn a_blank_isbn_on_create_means_none_and_on_edit_means_remove() {
-        assert_eq!(
-            BookDraft::parse(Some(""), "Dune", "Herbert", 1)
-                .unwrap()
-                .isbn,
-            None
-        );
-        assert_eq!(
-            BookEdit::parse(Some(""), None, None, None).unwrap().isbn,
-            Some(None)
-        );
-        assert_eq!(
-            BookEdit::parse(None, None, None, None).unwrap(),
-            BookEdit::default()
-        );
+        assert_eq!(BookDraft::parse(Some(""), "Dune", "Herbert", 1).unwrap().isbn, None);
+        assert_eq!(BookEdit::parse(Some(""), None, None, None).unwrap().isbn, Some(None));
+        assert_eq!(BookEdit::parse(None, None, None, None).unwrap(), BookEdit::default());
     }
 
     #[test]

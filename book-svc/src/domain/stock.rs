@@ -15,11 +15,7 @@ pub enum StockError {
 ///
 /// # Errors
 /// `new_total` is below the copies on loan.
-pub fn available_after_resize(
-    total: i32,
-    available: i32,
-    new_total: i32,
-) -> Result<i32, StockError> {
+pub fn available_after_resize(total: i32, available: i32, new_total: i32) -> Result<i32, StockError> {
     let on_loan = total - available;
     if new_total < on_loan {
         return Err(StockError::BelowOnLoan { on_loan });

@@ -11,10 +11,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            library_platform::bus::bus_migration(),
-            Box::new(CreateCatalog),
-        ]
+        vec![library_platform::bus::bus_migration(), Box::new(CreateCatalog)]
     }
 }
 
@@ -56,32 +53,19 @@ impl MigrationTrait for CreateCatalog {
                 Table::create()
                     .table(Books::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Books::Id)
-                            .string_len(36)
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(Books::Id).string_len(36).not_null().primary_key())
                     .col(ColumnDef::new(Books::Isbn).string_len(13).null())
                     .col(ColumnDef::new(Books::Title).string_len(500).not_null())
                     .col(ColumnDef::new(Books::Author).string_len(500).not_null())
                     .col(ColumnDef::new(Books::TotalCopies).integer().not_null())
                     .col(ColumnDef::new(Books::AvailableCopies).integer().not_null())
-                    .col(
-                        ColumnDef::new(Books::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Books::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Books::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Books::UpdatedAt).timestamp_with_time_zone().not_null())
                     // The stock invariant, enforced by the database whatever the code does.
                     .check(
-                        Expr::col(Books::AvailableCopies).gte(0).and(
-                            Expr::col(Books::AvailableCopies).lte(Expr::col(Books::TotalCopies)),
-                        ),
+                        Expr::col(Books::AvailableCopies)
+                            .gte(0)
+                            .and(Expr::col(Books::AvailableCopies).lte(Expr::col(Books::TotalCopies))),
                     )
                     .to_owned(),
             )
@@ -108,11 +92,7 @@ impl MigrationTrait for CreateCatalog {
                             .not_null()
                             .primary_key(),
                     )
-                    .col(
-                        ColumnDef::new(Reservations::BookId)
-                            .string_len(36)
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Reservations::BookId).string_len(36).not_null())
                     .col(
                         ColumnDef::new(Reservations::Quantity)
                             .integer()

@@ -31,14 +31,20 @@ impl std::str::FromStr for FeeTiers {
             let (days, fee) = part
                 .split_once(':')
                 .ok_or_else(|| FeeTiersError(format!("`{part}` is not days:fee")))?;
-            let fee: i64 = fee.trim().parse().ok().filter(|f| *f >= 0).ok_or_else(|| {
-                FeeTiersError(format!("fee `{fee}` is not a whole number of won"))
-            })?;
+            let fee: i64 = fee
+                .trim()
+                .parse()
+                .ok()
+                .filter(|f| *f >= 0)
+                .ok_or_else(|| FeeTiersError(format!("fee `{fee}` is not a whole number of won")))?;
             let days = match days.trim() {
                 "*" => None,
-                d => Some(d.parse::<i64>().ok().filter(|d| *d >= 1).ok_or_else(|| {
-                    FeeTiersError(format!("days `{d}` is not a positive whole number"))
-                })?),
+                d => Some(
+                    d.parse::<i64>()
+                        .ok()
+                        .filter(|d| *d >= 1)
+                        .ok_or_else(|| FeeTiersError(format!("days `{d}` is not a positive whole number")))?,
+                ),
             };
             if let Some((previous, _)) = tiers.last() {
                 match (previous, days) {
@@ -90,14 +96,8 @@ mod tests {
 
     #[test]
     fn the_setting_parses_to_the_default() {
-        assert_eq!(
-            "7:500,14:1000,*:2000".parse::<FeeTiers>(),
-            Ok(FeeTiers::default())
-        );
-        assert_eq!(
-            " 7:500 , 14:1000, *:2000 ".parse::<FeeTiers>(),
-            Ok(FeeTiers::default())
-        );
+        assert_eq!("7:500,14:1000,*:2000".parse::<FeeTiers>(), Ok(FeeTiers::default()));
+        assert_eq!(" 7:500 , 14:1000, *:2000 ".parse::<FeeTiers>(), Ok(FeeTiers::default()));
     }
 
     #[test]
@@ -110,21 +110,9 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_the_variable_named() {
-        for bad in [
-            "",
-            "7",
-            "7:x",
-            "x:500",
-            "0:500",
-            "14:1000,7:500",
-            "*:1,7:2",
-            "7:-1",
-        ] {
+        for bad in ["", "7", "7:x", "x:500", "0:500", "14:1000,7:500", "*:1,7:2", "7:-1"] {
             let err = bad.parse::<FeeTiers>().unwrap_err();
-            assert!(
-                err.to_string().contains("LIBRARY_LATE_FEE_TIERS"),
-                "{bad}: {err}"
-            );
+            assert!(err.to_string().contains("LIBRARY_LATE_FEE_TIERS"), "{bad}: {err}");
         }
     }
 }

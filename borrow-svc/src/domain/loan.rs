@@ -95,11 +95,7 @@ mod tests {
 
     #[test]
     fn only_active_loans_come_back() {
-        for status in [
-            LoanStatus::Pending,
-            LoanStatus::Returned,
-            LoanStatus::Canceled,
-        ] {
+        for status in [LoanStatus::Pending, LoanStatus::Returned, LoanStatus::Canceled] {
             assert_eq!(
                 copies_to_return(status, 1, 0, None),
                 Err(ReturnError::NotActive(status))

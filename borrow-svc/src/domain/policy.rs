@@ -38,12 +38,7 @@ pub struct LoanPolicy {
 impl LoanPolicy {
     /// # Errors
     /// A value out of range or an unknown time zone, naming its setting.
-    pub fn new(
-        loan_days: u32,
-        max_copies: i32,
-        fee_tiers: FeeTiers,
-        timezone: &str,
-    ) -> Result<Self, PolicyError> {
+    pub fn new(loan_days: u32, max_copies: i32, fee_tiers: FeeTiers, timezone: &str) -> Result<Self, PolicyError> {
         if !(1..=3650).contains(&loan_days) {
             return Err(PolicyError::LoanDays);
         }

@@ -12,10 +12,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            library_platform::bus::bus_migration(),
-            Box::new(CreateCirculation),
-        ]
+        vec![library_platform::bus::bus_migration(), Box::new(CreateCirculation)]
     }
 }
 
@@ -70,50 +67,23 @@ impl MigrationTrait for CreateCirculation {
                 Table::create()
                     .table(Loans::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Loans::Id)
-                            .string_len(36)
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(Loans::Id).string_len(36).not_null().primary_key())
                     .col(ColumnDef::new(Loans::UserId).string_len(128).not_null())
                     .col(ColumnDef::new(Loans::BookId).string_len(36).not_null())
                     .col(ColumnDef::new(Loans::Quantity).integer().not_null())
-                    .col(
-                        ColumnDef::new(Loans::ReturnedQuantity)
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new(Loans::ReturnedQuantity).integer().not_null().default(0))
                     .col(ColumnDef::new(Loans::Status).string_len(16).not_null())
-                    .col(
-                        ColumnDef::new(Loans::BorrowedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Loans::DueAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Loans::LateFee)
-                            .big_integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new(Loans::BorrowedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Loans::DueAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Loans::LateFee).big_integer().not_null().default(0))
                     .col(ColumnDef::new(Loans::CancelReason).string_len(200).null())
                     .col(ColumnDef::new(Loans::IdempotencyKey).string_len(200).null())
-                    .col(
-                        ColumnDef::new(Loans::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Loans::UpdatedAt).timestamp_with_time_zone().not_null())
                     // Never more copies back than were borrowed, whatever the code does.
                     .check(
-                        Expr::col(Loans::ReturnedQuantity).gte(0).and(
-                            Expr::col(Loans::ReturnedQuantity).lte(Expr::col(Loans::Quantity)),
-                        ),
+                        Expr::col(Loans::ReturnedQuantity)
+                            .gte(0)
+                            .and(Expr::col(Loans::ReturnedQuantity).lte(Expr::col(Loans::Quantity))),
                     )
                     .to_owned(),
             )
@@ -146,18 +116,8 @@ impl MigrationTrait for CreateCirculation {
                 Table::create()
                     .table(Readers::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Readers::UserId)
-                            .string_len(128)
-                            .not_null()
-                            .primary_key(),
-                    )
-                    .col(
-                        ColumnDef::new(Readers::Outstanding)
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new(Readers::UserId).string_len(128).not_null().primary_key())
+                    .col(ColumnDef::new(Readers::Outstanding).integer().not_null().default(0))
                     .check(Expr::col(Readers::Outstanding).gte(0))
                     .to_owned(),
             )
@@ -167,24 +127,11 @@ impl MigrationTrait for CreateCirculation {
                 Table::create()
                     .table(LoanReturns::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(LoanReturns::Id)
-                            .string_len(36)
-                            .not_null()
-                            .primary_key(),
-                    )
-                    .col(
-                        ColumnDef::new(LoanReturns::LoanId)
-                            .string_len(36)
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(LoanReturns::Id).string_len(36).not_null().primary_key())
+                    .col(ColumnDef::new(LoanReturns::LoanId).string_len(36).not_null())
                     .col(ColumnDef::new(LoanReturns::Quantity).integer().not_null())
                     .col(ColumnDef::new(LoanReturns::DaysLate).integer().not_null())
-                    .col(
-                        ColumnDef::new(LoanReturns::LateFee)
-                            .big_integer()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(LoanReturns::LateFee).big_integer().not_null())
                     .col(
                         ColumnDef::new(LoanReturns::ReturnedAt)
                             .timestamp_with_time_zone()

@@ -19,14 +19,8 @@ impl async_graphql::dataloader::Loader<String> for BookLoader {
         let book = &self.downstreams.book;
         let request = book.request(BatchGetBooksRequest { ids: keys.to_vec() });
         let reply = book
-            .call("BatchGetBooks", |mut c| async move {
-                c.batch_get_books(request).await
-            })
+            .call("BatchGetBooks", |mut c| async move { c.batch_get_books(request).await })
             .await?;
-        Ok(reply
-            .books
-            .into_iter()
-            .map(|b| (b.id.clone(), Book::from(b)))
-            .collect())
+        Ok(reply.books.into_iter().map(|b| (b.id.clone(), Book::from(b))).collect())
     }
 }

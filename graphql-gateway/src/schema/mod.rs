@@ -9,19 +9,16 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use library_platform::CancellationToken;
 use library_proto::book::{
-    CreateBookRequest, DeleteBookRequest, GetBookRequest, ListBooksRequest, UpdateBookRequest,
-    WatchBookRequest,
+    CreateBookRequest, DeleteBookRequest, GetBookRequest, ListBooksRequest, UpdateBookRequest, WatchBookRequest,
 };
-use library_proto::borrow::{
-    BorrowRequest, ChangeDueDateRequest, GetLoanRequest, ListLoansRequest, ReturnRequest,
-};
+use library_proto::borrow::{BorrowRequest, ChangeDueDateRequest, GetLoanRequest, ListLoansRequest, ReturnRequest};
 use library_proto::dashboard::{GetDashboardRequest, WatchDashboardRequest};
 use library_proto::time::to_timestamp;
 
 pub use loader::BookLoader;
 pub use types::{
-    Book, BookConnection, CreateBookInput, Dashboard, Loan, LoanConnection, LoanStatus, PageInfo,
-    ReturnResult, UpdateBookInput,
+    Book, BookConnection, CreateBookInput, Dashboard, Loan, LoanConnection, LoanStatus, PageInfo, ReturnResult,
+    UpdateBookInput,
 };
 
 use crate::auth::Auth;
@@ -74,9 +71,7 @@ fn page_size(first: i32) -> Result<i32, GatewayError> {
     if (1..=100).contains(&first) {
         Ok(first)
     } else {
-        Err(GatewayError::BadUserInput(
-            "first: must be between 1 and 100".into(),
-        ))
+        Err(GatewayError::BadUserInput("first: must be between 1 and 100".into()))
     }
 }
 
@@ -104,10 +99,7 @@ impl Query {
             page_token: after.unwrap_or_default(),
         });
         let page = book
-            .call(
-                "ListBooks",
-                |mut c| async move { c.list_books(request).await },
-            )
+            .call("ListBooks", |mut c| async move { c.list_books(request).await })
             .await?;
         Ok(BookConnection {
             nodes: page.books.into_iter().map(Book::from).collect(),
@@ -144,10 +136,7 @@ impl Query {
             page_token: after.unwrap_or_default(),
         });
         let page = borrow
-            .call(
-                "ListLoans",
-                |mut c| async move { c.list_loans(request).await },
-            )
+            .call("ListLoans", |mut c| async move { c.list_loans(request).await })
             .await?;
         Ok(LoanConnection {
             nodes: page.loans.into_iter().map(Loan::from).collect(),
@@ -178,9 +167,7 @@ impl Query {
             user_id: viewer.user_id.clone(),
         });
         let found = dashboard
-            .call("GetDashboard", |mut c| async move {
-                c.get_dashboard(request).await
-            })
+            .call("GetDashboard", |mut c| async move { c.get_dashboard(request).await })
             .await?;
         Ok(Dashboard::from(found))
     }
@@ -237,12 +224,9 @@ impl Mutation {
         let reply = borrow
             .call("Return", |mut c| async move { c.r#return(request).await })
             .await?;
-        let loan = reply
-            .loan
-            .ok_or(GatewayError::ServiceUnavailable("borrow"))?;
+        let loan = reply.loan.ok_or(GatewayError::ServiceUnavailable("borrow"))?;
         metrics::counter!("library_returns_total").increment(1);
-        metrics::counter!("library_late_fees_won_total")
-            .increment(u64::try_from(reply.late_fee).unwrap_or(0));
+        metrics::counter!("library_late_fees_won_total").increment(u64::try_from(reply.late_fee).unwrap_or(0));
         Ok(ReturnResult {
             loan: Loan::from(loan),
             days_late: reply.days_late,
@@ -251,11 +235,7 @@ impl Mutation {
     }
 
     /// Registers a book (administrators).
-    async fn create_book(
-        &self,
-        ctx: &Context<'_>,
-        input: CreateBookInput,
-    ) -> async_graphql::Result<Book> {
+    async fn create_book(&self, ctx: &Context<'_>, input: CreateBookInput) -> async_graphql::Result<Book> {
         auth(ctx).admin()?;
         let book = &downstreams(ctx)?.book;
         let request = book.request(CreateBookRequest {
@@ -265,21 +245,13 @@ impl Mutation {
             total_copies: input.total_copies,
         });
         let created = book
-            .call(
-                "CreateBook",
-                |mut c| async move { c.create_book(request).await },
-            )
+            .call("CreateBook", |mut c| async move { c.create_book(request).await })
             .await?;
         Ok(Book::from(created))
     }
 
     /// Edits a book (administrators).
-    async fn update_book(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: UpdateBookInput,
-    ) -> async_graphql::Result<Book> {
+    async fn update_book(&self, ctx: &Context<'_>, id: ID, input: UpdateBookInput) -> async_graphql::Result<Book> {
         auth(ctx).admin()?;
         let book = &downstreams(ctx)?.book;
         let request = book.request(UpdateBookRequest {
@@ -290,10 +262,7 @@ impl Mutation {
             total_copies: input.total_copies,
         });
         let updated = book
-            .call(
-                "UpdateBook",
-                |mut c| async move { c.update_book(request).await },
-            )
+            .call("UpdateBook", |mut c| async move { c.update_book(request).await })
             .await?;
         Ok(Book::from(updated))
     }
@@ -304,10 +273,7 @@ impl Mutation {
         let book = &downstreams(ctx)?.book;
         let request = book.request(DeleteBookRequest { id: id_text(&id) });
         let deleted = book
-            .call(
-                "DeleteBook",
-                |mut c| async move { c.delete_book(request).await },
-            )
+            .call("DeleteBook", |mut c| async move { c.delete_book(request).await })
             .await?;
         Ok(ID(deleted.id))
     }
@@ -326,9 +292,7 @@ impl Mutation {
             due_at: Some(to_timestamp(due_at)),
         });
         let loan = borrow
-            .call("ChangeDueDate", |mut c| async move {
-                c.change_due_date(request).await
-            })
+            .call("ChangeDueDate", |mut c| async move { c.change_due_date(request).await })
             .await?;
         Ok(Loan::from(loan))
     }
@@ -346,18 +310,15 @@ impl Subscription {
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Book>> + use<>> {
         let book = &downstreams(ctx)?.book;
         let shutdown = ctx.data::<Shutdown>()?.0.clone();
-        let request = tonic::Request::new(WatchBookRequest {
-            id: id_text(&book_id),
-        });
+        let request = tonic::Request::new(WatchBookRequest { id: id_text(&book_id) });
         let stream = book
             .open_stream(|mut c| async move { c.watch_book(request).await })
             .await?;
         let name = book.name();
         Ok(stream
             .map(move |item| {
-                item.map(Book::from).map_err(|status| {
-                    async_graphql::Error::from(GatewayError::from_status(name, &status))
-                })
+                item.map(Book::from)
+                    .map_err(|status| async_graphql::Error::from(GatewayError::from_status(name, &status)))
             })
             .take_until(shutdown.cancelled_owned()))
     }
@@ -379,9 +340,8 @@ impl Subscription {
         let name = dashboard.name();
         Ok(stream
             .map(move |item| {
-                item.map(Dashboard::from).map_err(|status| {
-                    async_graphql::Error::from(GatewayError::from_status(name, &status))
-                })
+                item.map(Dashboard::from)
+                    .map_err(|status| async_graphql::Error::from(GatewayError::from_status(name, &status)))
             })
             .take_until(shutdown.cancelled_owned()))
     }

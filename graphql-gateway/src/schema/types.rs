@@ -104,11 +104,7 @@ impl Loan {
     /// The borrowed book; null when the catalogue cannot be reached (or the book was removed).
     async fn book(&self, ctx: &Context<'_>) -> Option<Book> {
         let loader = ctx.data_opt::<DataLoader<BookLoader>>()?;
-        loader
-            .load_one(self.book_id.to_string())
-            .await
-            .ok()
-            .flatten()
+        loader.load_one(self.book_id.to_string()).await.ok().flatten()
     }
 }
 

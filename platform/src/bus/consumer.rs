@@ -65,8 +65,7 @@ impl EventMeta {
     }
 }
 
-type Handler =
-    Arc<dyn Fn(Vec<u8>, EventMeta) -> BoxFuture<'static, Result<(), HandleError>> + Send + Sync>;
+type Handler = Arc<dyn Fn(Vec<u8>, EventMeta) -> BoxFuture<'static, Result<(), HandleError>> + Send + Sync>;
 
 /// One consumer's handlers, keyed by routing key: what it subscribes to, listed in one place.
 pub struct Subscriptions {
@@ -95,13 +94,10 @@ impl Subscriptions {
         let erased: Handler = Arc::new(move |payload: Vec<u8>, meta: EventMeta| {
             let handler = handler.clone();
             Box::pin(async move {
-                let event = E::decode(payload.as_slice()).map_err(|e| {
-                    HandleError::Malformed(format!("{} does not decode: {e}", E::NAME))
-                })?;
+                let event = E::decode(payload.as_slice())
+                    .map_err(|e| HandleError::Malformed(format!("{} does not decode: {e}", E::NAME)))?;
                 if event.event_id() != meta.event_id {
-                    return Err(HandleError::Malformed(
-                        "message_id differs from the event's id".into(),
-                    ));
+                    return Err(HandleError::Malformed("message_id differs from the event's id".into()));
                 }
                 handler(event, meta).await
             })
@@ -130,10 +126,7 @@ impl Subscriptions {
 
     async fn dispatch_with_retries(&self, envelope: &EventEnvelope) -> Result<(), String> {
         let Some(handler) = self.handlers.get(envelope.routing_key.as_str()) else {
-            return Err(format!(
-                "no handler for routing key `{}`",
-                envelope.routing_key
-            ));
+            return Err(format!("no handler for routing key `{}`", envelope.routing_key));
         };
         if envelope.event_id.is_empty() {
             return Err("message has no message_id".into());

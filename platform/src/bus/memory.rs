@@ -57,10 +57,7 @@ impl MemoryBus {
             let mut queues = lock(&self.queues);
             queues.retain(|q| q.durable || !q.sender.is_closed());
             for envelope in batch {
-                for queue in queues
-                    .iter()
-                    .filter(|q| q.routing_keys.contains(&envelope.routing_key))
-                {
+                for queue in queues.iter().filter(|q| q.routing_keys.contains(&envelope.routing_key)) {
                     let (done, ack) = if queue.durable {
                         let (tx, rx) = oneshot::channel();
                         (Some(tx), Some(rx))
@@ -94,9 +91,7 @@ impl MemoryBus {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(super) async fn consume(
@@ -125,11 +120,8 @@ pub(super) async fn consume(
     }
 }
 
-pub(super) async fn listen<F>(
-    mut receiver: mpsc::UnboundedReceiver<Delivery>,
-    on_event: F,
-    shutdown: CancellationToken,
-) where
+pub(super) async fn listen<F>(mut receiver: mpsc::UnboundedReceiver<Delivery>, on_event: F, shutdown: CancellationToken)
+where
     F: Fn(EventEnvelope),
 {
     loop {

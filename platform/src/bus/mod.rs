@@ -173,14 +173,10 @@ impl EventBus {
         shutdown: CancellationToken,
     ) {
         let subscriptions = Arc::new(subscriptions);
+        self.declare_queue(queue, &subscriptions.routing_keys());
         match &self.transport {
             Transport::Rabbit(bus) => {
-                tracker.spawn(rabbit::consume(
-                    bus.clone(),
-                    queue.to_owned(),
-                    subscriptions,
-                    shutdown,
-                ));
+                tracker.spawn(rabbit::consume(bus.clone(), queue.to_owned(), subscriptions, shutdown));
             }
             Transport::Memory(bus) => {
                 let rx = bus.declare(queue, subscriptions.routing_keys(), true);
@@ -195,26 +191,35 @@ impl EventBus {
         }
     }
 
+    /// Makes the publisher declare the durable consumer queue `queue` (with its bindings and
+    /// dead-letter queue) before it publishes, so events wait for a consumer that has not started
+    /// yet. Idempotent.
+    pub fn declare_queue(&self, queue: &str, routing_keys: &[String]) {
+        if let Transport::Rabbit(bus) = &self.transport {
+            bus.know_queue(queue, routing_keys.to_vec());
+        }
+    }
+
+    /// Declares every consumer queue of the system ([`library_proto::CONSUMER_QUEUES`]).
+    #[must_use]
+    pub fn with_system_queues(self) -> Self {
+        for (queue, keys) in library_proto::CONSUMER_QUEUES {
+            let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+            self.declare_queue(queue, &keys);
+        }
+        self
+    }
+
     /// Calls `on_event` for every event with one of `routing_keys`, on this replica only, with no
     /// durability: for live views (gRPC watch streams) that re-read the state anyway.
-    pub fn listen<F>(
-        &self,
-        routing_keys: &[&str],
-        on_event: F,
-        tracker: &TaskTracker,
-        shutdown: CancellationToken,
-    ) where
+    pub fn listen<F>(&self, routing_keys: &[&str], on_event: F, tracker: &TaskTracker, shutdown: CancellationToken)
+    where
         F: Fn(EventEnvelope) + Send + Sync + 'static,
     {
         let keys: Vec<String> = routing_keys.iter().map(|k| (*k).to_owned()).collect();
         match &self.transport {
             Transport::Rabbit(bus) => {
-                tracker.spawn(rabbit::listen(
-                    bus.clone(),
-                    keys,
-                    Arc::new(on_event),
-                    shutdown,
-                ));
+                tracker.spawn(rabbit::listen(bus.clone(), keys, Arc::new(on_event), shutdown));
             }
             Transport::Memory(bus) => {
                 let rx = bus.declare("listener", keys, false);

@@ -42,11 +42,7 @@ impl Outbox {
     ///
     /// # Errors
     /// The insert failed; the caller's transaction must not commit.
-    pub async fn enqueue<E: DomainEvent>(
-        &self,
-        txn: &impl ConnectionTrait,
-        event: &E,
-    ) -> Result<(), DbErr> {
+    pub async fn enqueue<E: DomainEvent>(&self, txn: &impl ConnectionTrait, event: &E) -> Result<(), DbErr> {
         let envelope = EventEnvelope::of(event);
         let insert = Query::insert()
             .into_table(OutboxEvents::Table)
@@ -121,22 +117,10 @@ impl MigrationTrait for CreateEventTables {
                             .not_null()
                             .unique_key(),
                     )
-                    .col(
-                        ColumnDef::new(OutboxEvents::EventType)
-                            .string_len(64)
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(OutboxEvents::RoutingKey)
-                            .string_len(128)
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(OutboxEvents::EventType).string_len(64).not_null())
+                    .col(ColumnDef::new(OutboxEvents::RoutingKey).string_len(128).not_null())
                     .col(ColumnDef::new(OutboxEvents::Payload).blob().not_null())
-                    .col(
-                        ColumnDef::new(OutboxEvents::Traceparent)
-                            .string_len(64)
-                            .null(),
-                    )
+                    .col(ColumnDef::new(OutboxEvents::Traceparent).string_len(64).null())
                     .col(
                         ColumnDef::new(OutboxEvents::OccurredAt)
                             .timestamp_with_time_zone()
@@ -150,16 +134,8 @@ impl MigrationTrait for CreateEventTables {
                 Table::create()
                     .table(ProcessedEvents::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(ProcessedEvents::Consumer)
-                            .string_len(64)
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(ProcessedEvents::EventId)
-                            .string_len(64)
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(ProcessedEvents::Consumer).string_len(64).not_null())
+                    .col(ColumnDef::new(ProcessedEvents::EventId).string_len(64).not_null())
                     .col(
                         ColumnDef::new(ProcessedEvents::ProcessedAt)
                             .timestamp_with_time_zone()

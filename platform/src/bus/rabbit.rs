@@ -14,8 +14,8 @@ use chrono::{TimeZone, Utc};
 use futures::{StreamExt, TryStreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -34,6 +34,10 @@ pub(super) struct RabbitBus {
     names: BusNames,
     connection: Mutex<Option<Arc<Connection>>>,
     publisher: Mutex<Option<Channel>>,
+    /// Consumer queues (unprefixed name, routing keys) the publisher declares before it
+    /// publishes: an event published before its consumer ever started must wait in the queue,
+    /// not vanish in an exchange with nothing bound.
+    known_queues: std::sync::Mutex<Vec<(String, Vec<String>)>>,
 }
 
 impl RabbitBus {
@@ -43,6 +47,14 @@ impl RabbitBus {
             names,
             connection: Mutex::new(None),
             publisher: Mutex::new(None),
+            known_queues: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(super) fn know_queue(&self, queue: &str, keys: Vec<String>) {
+        let mut known = self.known_queues.lock().unwrap_or_else(|p| p.into_inner());
+        if !known.iter().any(|(q, _)| q == queue) {
+            known.push((queue.to_owned(), keys));
         }
     }
 
@@ -53,7 +65,10 @@ impl RabbitBus {
         {
             return Ok(conn.clone());
         }
-        let conn = Arc::new(Connection::connect(&self.url, ConnectionProperties::default()).await?);
+        // Named after the exchange, so an operator (or a test) can tell this process's
+        // connection apart in `rabbitmqctl list_connections client_properties`.
+        let properties = ConnectionProperties::default().with_connection_name(self.names.exchange.as_str().into());
+        let conn = Arc::new(Connection::connect(&self.url, properties).await?);
         tracing::info!("connected to RabbitMQ");
         *slot = Some(conn.clone());
         Ok(conn)
@@ -85,18 +100,17 @@ impl RabbitBus {
         result
     }
 
-    async fn publish_on(
-        &self,
-        slot: &mut Option<Channel>,
-        batch: &[EventEnvelope],
-    ) -> Result<(), BusError> {
+    async fn publish_on(&self, slot: &mut Option<Channel>, batch: &[EventEnvelope]) -> Result<(), BusError> {
         let channel = match slot.as_ref().filter(|c| c.status().connected()) {
             Some(channel) => channel.clone(),
             None => {
                 let channel = self.open_channel().await?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
+                let known = self.known_queues.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for (queue, keys) in &known {
+                    self.declare_consumer_queue(&channel, &self.names.queue(queue), keys)
+                        .await?;
+                }
+                channel.confirm_select(ConfirmSelectOptions::default()).await?;
                 *slot = Some(channel.clone());
                 channel
             }
@@ -159,13 +173,8 @@ impl RabbitBus {
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(dlx.as_str().into()),
         );
-        arguments.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(queue.into()),
-        );
-        channel
-            .queue_declare(queue.into(), durable(), arguments)
-            .await?;
+        arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
+        channel.queue_declare(queue.into(), durable(), arguments).await?;
         for key in keys {
             channel
                 .queue_bind(
@@ -208,10 +217,7 @@ fn durable() -> QueueDeclareOptions {
 fn properties_of(envelope: &EventEnvelope) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(tp) = &envelope.traceparent {
-        headers.insert(
-            "traceparent".into(),
-            AMQPValue::LongString(tp.as_str().into()),
-        );
+        headers.insert("traceparent".into(), AMQPValue::LongString(tp.as_str().into()));
     }
     BasicProperties::default()
         .with_message_id(envelope.event_id.as_str().into())
@@ -228,9 +234,7 @@ fn envelope_of(delivery: &Delivery) -> EventEnvelope {
         .headers()
         .as_ref()
         .and_then(|h| match h.inner().get("traceparent") {
-            Some(AMQPValue::LongString(s)) => {
-                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
+            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
             Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
             _ => None,
         });
@@ -245,11 +249,7 @@ fn envelope_of(delivery: &Delivery) -> EventEnvelope {
             .as_ref()
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default(),
-        event_type: props
-            .kind()
-            .as_ref()
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_default(),
+        event_type: props.kind().as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default(),
         routing_key: delivery.routing_key.as_str().to_owned(),
         payload: delivery.data.clone(),
         occurred_at,
@@ -295,9 +295,7 @@ async fn consume_session(
     let channel = bus.open_channel().await?;
     bus.declare_consumer_queue(&channel, queue, &subscriptions.routing_keys())
         .await?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
+    channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let consumer = channel
         .basic_consume(
             queue.into(),
@@ -322,10 +320,7 @@ async fn consume_session(
 
 /// After a session's stream ended: `Ok(true)` when it ended because the process stops (the
 /// channel is closed cleanly), `Ok(false)` when the broker ended it.
-async fn close_if_stopping(
-    channel: &Channel,
-    shutdown: &CancellationToken,
-) -> Result<bool, lapin::Error> {
+async fn close_if_stopping(channel: &Channel, shutdown: &CancellationToken) -> Result<bool, lapin::Error> {
     if shutdown.is_cancelled() {
         let _ = channel.close(200, "shutting down".into()).await;
         Ok(true)
@@ -352,10 +347,7 @@ async fn settle(
             tracing::error!(%queue, event_id = %envelope.event_id, %error, "event dead-lettered");
             let mut properties = delivery.properties.clone();
             let mut headers = properties.headers().clone().unwrap_or_default();
-            headers.insert(
-                "x-error".into(),
-                AMQPValue::LongString(LongString::from(error)),
-            );
+            headers.insert("x-error".into(), AMQPValue::LongString(LongString::from(error)));
             headers.insert(
                 "x-original-routing-key".into(),
                 AMQPValue::LongString(envelope.routing_key.as_str().into()),

@@ -73,11 +73,7 @@ impl Relay {
         }
     }
 
-    async fn publish_batch(
-        &self,
-        conn: &impl ConnectionTrait,
-        lock: bool,
-    ) -> Result<Relayed, RelayError> {
+    async fn publish_batch(&self, conn: &impl ConnectionTrait, lock: bool) -> Result<Relayed, RelayError> {
         let mut select = Query::select();
         select
             .columns([

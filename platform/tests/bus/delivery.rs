@@ -1,0 +1,124 @@
+//! Delivery guarantees in the normal course of things.
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use library_platform::bus::{EventBus, EventEnvelope, Outbox, Relay, Relayed};
+use library_platform::test_support::fresh_bus_names;
+use sea_orm::TransactionTrait;
+
+use crate::helpers::{Consumer, event, eventually, outbox_rows, postgres, produce, rabbit, sqlite, start};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn every_committed_event_reaches_rabbitmq_consumers_once() {
+    let (producer, consumer_db) = (postgres().await, postgres().await);
+    let bus = rabbit(&fresh_bus_names());
+    let outbox = Outbox::default();
+    let consumer = Consumer::new(consumer_db);
+    let _running = start(&bus, &producer, &outbox, &consumer, "delivery");
+
+    // A rolled-back transaction's events never leave.
+    let txn = producer.begin().await.unwrap();
+    outbox.enqueue(&txn, &event()).await.unwrap();
+    txn.rollback().await.unwrap();
+
+    produce(&producer, &outbox, 300, 10).await;
+    assert!(
+        eventually(WAIT, || async { consumer.applied().await.0 >= 300 }).await,
+        "{:?}",
+        consumer.applied().await
+    );
+    assert_eq!(consumer.applied().await, (300, 300));
+    assert!(eventually(WAIT, || async { outbox_rows(&producer).await == 0 }).await);
+}
+
+#[tokio::test]
+async fn every_committed_event_reaches_in_process_consumers_once() {
+    let (producer, consumer_db) = (sqlite().await, sqlite().await);
+    let bus = EventBus::in_process();
+    let outbox = Outbox::default();
+    let consumer = Consumer::new(consumer_db);
+    let _running = start(&bus, &producer, &outbox, &consumer, "delivery");
+
+    produce(&producer, &outbox, 200, 7).await;
+    assert!(eventually(WAIT, || async { consumer.applied().await.0 >= 200 }).await);
+    assert_eq!(consumer.applied().await, (200, 200));
+    assert_eq!(outbox_rows(&producer).await, 0);
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_twice_takes_effect_once() {
+    for bus in [EventBus::in_process(), rabbit(&fresh_bus_names())] {
+        let consumer = Consumer::new(if bus.is_in_process() {
+            sqlite().await
+        } else {
+            postgres().await
+        });
+        let producer = sqlite().await;
+        let _running = start(&bus, &producer, &Outbox::default(), &consumer, "twice");
+        let envelope = EventEnvelope::of(&event());
+        // The queue exists once the consumer declared it.
+        assert!(
+            eventually(WAIT, || async {
+                bus.publish(std::slice::from_ref(&envelope)).await.is_ok()
+                    && consumer.invocations.load(Ordering::SeqCst) > 0
+            })
+            .await
+        );
+        bus.publish(std::slice::from_ref(&envelope)).await.unwrap();
+        assert!(eventually(WAIT, || async { consumer.invocations.load(Ordering::SeqCst) >= 2 }).await);
+        assert_eq!(consumer.applied().await, (1, 1));
+    }
+}
+
+#[tokio::test]
+async fn relays_of_several_replicas_publish_each_row_once() {
+    let (producer, consumer_db) = (postgres().await, postgres().await);
+    let names = fresh_bus_names();
+    let bus = rabbit(&names);
+    let outbox = Outbox::default();
+    let consumer = Consumer::new(consumer_db);
+    // Only the consumer runs in the background; the relays are driven by hand.
+    let tracker = library_platform::TaskTracker::new();
+    let shutdown = library_platform::CancellationToken::new();
+    bus.consume("replicas", consumer.subscriptions(), &tracker, shutdown.clone());
+    // Wait for the queue to exist before producing.
+    let probe = EventEnvelope::of(&event());
+    assert!(
+        eventually(WAIT, || async {
+            bus.publish(std::slice::from_ref(&probe)).await.is_ok() && consumer.invocations.load(Ordering::SeqCst) > 0
+        })
+        .await
+    );
+    let before = consumer.invocations.load(Ordering::SeqCst);
+
+    produce(&producer, &outbox, 1000, 50).await;
+    let relays: Vec<Relay> = (0..3)
+        .map(|_| Relay::new(producer.clone(), rabbit(&names), &outbox))
+        .collect();
+    let mut handles = Vec::new();
+    for relay in relays {
+        handles.push(tokio::spawn(async move {
+            while let Ok(Relayed::Published(_)) = relay.relay_once().await {}
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    assert_eq!(outbox_rows(&producer).await, 0);
+    assert!(
+        eventually(WAIT, || async {
+            consumer.invocations.load(Ordering::SeqCst) - before >= 1000
+        })
+        .await
+    );
+    // Give a duplicate publication time to show up, then check none did.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        consumer.invocations.load(Ordering::SeqCst) - before,
+        1000,
+        "a row was published twice"
+    );
+    shutdown.cancel();
+}

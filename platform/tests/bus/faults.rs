@@ -1,0 +1,209 @@
+//! Faults: a broker that is down or cuts connections, a consumer that dies between commit and
+//! acknowledgement, and poison messages.
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
+use library_platform::bus::{BusNames, EventBus, EventEnvelope, HandleError, Outbox, Relay, Subscriptions};
+use library_platform::test_support::{amqp_url, fresh_bus_names};
+use library_platform::{CancellationToken, TaskTracker};
+use library_proto::events::StockChanged;
+
+use crate::helpers::{Consumer, event, eventually, outbox_rows, postgres, produce, rabbit, start};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn with_the_broker_down_writes_commit_and_leave_once_it_is_back() {
+    let (producer, consumer_db) = (postgres().await, postgres().await);
+    let names = fresh_bus_names();
+    let outbox = Outbox::default();
+    // Nothing listens on port 1: the broker is "down".
+    let down = EventBus::rabbitmq("amqp://guest:guest@127.0.0.1:1/%2f", names.clone()).unwrap();
+    produce(&producer, &outbox, 50, 5).await;
+    assert!(Relay::new(producer.clone(), down, &outbox).relay_once().await.is_err());
+    assert_eq!(
+        outbox_rows(&producer).await,
+        50,
+        "the outbox keeps every event while the broker is down"
+    );
+
+    let consumer = Consumer::new(consumer_db);
+    let _running = start(&rabbit(&names), &producer, &outbox, &consumer, "outage");
+    assert!(eventually(WAIT, || async { consumer.applied().await.0 >= 50 }).await);
+    assert_eq!(consumer.applied().await, (50, 50));
+}
+
+/// The broker's connections of this test (named after its exchange) are closed, as a broker
+/// restart would.
+fn cut_connections(names: &BusNames) -> usize {
+    let listed = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let mut cut = 0;
+    for line in text.lines().filter(|l| l.contains(&names.exchange)) {
+        if let Some(pid) = line.split_whitespace().next() {
+            let closed = Command::new("rabbitmqctl")
+                .args(["-q", "close_connection", pid, "test: connection cut"])
+                .status()
+                .expect("rabbitmqctl runs");
+            cut += usize::from(closed.success());
+        }
+    }
+    cut
+}
+
+#[tokio::test]
+async fn cutting_the_broker_connection_while_events_flow_loses_and_doubles_nothing() {
+    let (producer, consumer_db) = (postgres().await, postgres().await);
+    let names = fresh_bus_names();
+    let bus = rabbit(&names);
+    let outbox = Outbox::default();
+    let consumer = Consumer::new(consumer_db);
+    let _running = start(&bus, &producer, &outbox, &consumer, "cut");
+
+    let producing = {
+        let (producer, outbox) = (producer.clone(), outbox.clone());
+        tokio::spawn(async move { produce(&producer, &outbox, 600, 3).await })
+    };
+    assert!(
+        eventually(WAIT, || async { consumer.applied().await.0 >= 50 }).await,
+        "events flow first"
+    );
+    assert!(cut_connections(&names) >= 1, "the test's connection was found and cut");
+    producing.await.unwrap();
+    assert!(
+        eventually(WAIT, || async { consumer.applied().await.0 >= 600 }).await,
+        "{:?}",
+        consumer.applied().await
+    );
+    assert_eq!(consumer.applied().await, (600, 600));
+}
+
+#[tokio::test]
+async fn a_consumer_killed_between_commit_and_ack_applies_the_event_once_after_redelivery() {
+    let consumer_db = postgres().await;
+    let names = fresh_bus_names();
+    let consumer = Consumer::new(consumer_db);
+
+    // The first consumer commits its effect, then hangs before it can acknowledge.
+    let first_bus = rabbit(&names);
+    let hanging = consumer.clone();
+    let subscriptions = Subscriptions::new("test-consumer").on::<StockChanged, _, _>(move |event, meta| {
+        let consumer = hanging.clone();
+        async move {
+            consumer.apply(&event, &meta).await?;
+            futures::future::pending::<Result<(), HandleError>>().await
+        }
+    });
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    first_bus.consume("crash", subscriptions, &tracker, shutdown.clone());
+    let envelope = EventEnvelope::of(&event());
+    assert!(
+        eventually(WAIT, || async {
+            first_bus.publish(std::slice::from_ref(&envelope)).await.is_ok() && consumer.applied().await.0 >= 1
+        })
+        .await
+    );
+    // The process "dies": its connection goes away with the message unacknowledged.
+    first_bus.close().await;
+    shutdown.cancel();
+
+    // A new consumer gets the redelivery and must not apply it again.
+    let invocations_before = consumer.invocations.load(Ordering::SeqCst);
+    let second_bus = rabbit(&names);
+    let (tracker2, shutdown2) = (TaskTracker::new(), CancellationToken::new());
+    second_bus.consume("crash", consumer.subscriptions(), &tracker2, shutdown2.clone());
+    assert!(
+        eventually(WAIT, || async {
+            consumer.invocations.load(Ordering::SeqCst) > invocations_before
+        })
+        .await
+    );
+    let (rows, distinct) = consumer.applied().await;
+    assert_eq!((rows, distinct), (distinct, distinct), "no event applied twice");
+    shutdown2.cancel();
+}
+
+#[tokio::test]
+async fn a_poison_message_lands_in_the_dead_letter_queue_and_the_consumer_goes_on() {
+    let consumer_db = postgres().await;
+    let names = fresh_bus_names();
+    let bus = rabbit(&names);
+    let consumer = Consumer::new(consumer_db);
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    bus.consume("poison", consumer.subscriptions(), &tracker, shutdown.clone());
+    let good = EventEnvelope::of(&event());
+    assert!(
+        eventually(WAIT, || async {
+            bus.publish(std::slice::from_ref(&good)).await.is_ok() && consumer.applied().await.0 >= 1
+        })
+        .await
+    );
+
+    let mut poison = EventEnvelope::of(&event());
+    poison.payload = vec![0xff, 0xff, 0xff, 0x01];
+    let after = EventEnvelope::of(&event());
+    bus.publish(&[poison.clone(), after]).await.unwrap();
+    assert!(
+        eventually(WAIT, || async { consumer.applied().await.0 >= 2 }).await,
+        "the consumer goes on after poison"
+    );
+
+    let connection = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let dlq = format!("{}.dlq", names.queue("poison"));
+    let mut found = None;
+    for _ in 0..100 {
+        if let Some(message) = channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            found = Some(message);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let message = found.expect("the poison message is in the dead-letter queue");
+    assert_eq!(
+        message
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned()),
+        Some(poison.event_id)
+    );
+    let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+    match headers.inner().get("x-error") {
+        Some(AMQPValue::LongString(error)) => assert!(String::from_utf8_lossy(error.as_bytes()).contains("decode")),
+        other => panic!("x-error header missing: {other:?}"),
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_in_process_bus_dead_letters_poison_and_goes_on() {
+    let consumer = Consumer::new(crate::helpers::sqlite().await);
+    let bus = EventBus::in_process();
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    bus.consume("poison", consumer.subscriptions(), &tracker, shutdown.clone());
+    let mut poison = EventEnvelope::of(&event());
+    poison.payload = vec![0xff, 0xff];
+    bus.publish(&[poison.clone(), EventEnvelope::of(&event())])
+        .await
+        .unwrap();
+    assert_eq!(consumer.applied().await, (1, 1));
+    let dead = bus.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].envelope.event_id, poison.event_id);
+    assert!(dead[0].error.contains("decode"), "{}", dead[0].error);
+    shutdown.cancel();
+}
