@@ -1,0 +1,57 @@
+//! Faults: book-svc down, and a crash between a loan's commit and its event's publication.
+use library_platform::bus::EventBus;
+use library_proto::borrow::LoanStatus;
+
+use crate::helpers::{System, WAIT, bus, eventually, start_book, start_borrow};
+
+#[tokio::test]
+async fn with_book_svc_stopped_an_over_borrow_is_accepted_then_canceled_by_the_saga() {
+    let mut system = System::start().await;
+    let book = system.create_book(4).await;
+    system.book.take().expect("running").stop().await;
+
+    let loan = system
+        .borrow("max", &book.id, 5)
+        .await
+        .expect("accepted while book-svc is down");
+    assert_eq!(loan.status(), LoanStatus::Pending);
+
+    let book_svc = start_book(&system.book_db, &system.names).await;
+    system.book_port = book_svc.port;
+    let canceled = system.wait_for_status(&loan.id, LoanStatus::Canceled).await;
+    assert!(canceled.cancel_reason.is_some_and(|r| r.contains("not enough copies")));
+    assert!(eventually(WAIT, || async { system.book(&book.id).await.available_copies == 4 }).await);
+    // The canceled copies no longer count against the reader, and the stock is whole again.
+    let again = system.borrow("max", &book.id, 4).await.expect("limit restored");
+    system.wait_for_status(&again.id, LoanStatus::Active).await;
+}
+
+#[tokio::test]
+async fn a_crash_between_the_loans_commit_and_its_publication_still_delivers_the_event() {
+    let system = System::start().await;
+    let book = system.create_book(3).await;
+    // A second borrow-svc whose broker is unreachable: the loan commits, its event waits.
+    let down = EventBus::rabbitmq("amqp://guest:guest@127.0.0.1:1/%2f", system.names.clone()).unwrap();
+    let crashing = start_borrow(&system.borrow_db, down, system.book_port, &[]).await;
+    let client = library_proto::borrow::borrow_service_client::BorrowServiceClient::connect(format!(
+        "http://127.0.0.1:{}",
+        crashing.port
+    ))
+    .await
+    .unwrap();
+    let request = library_proto::borrow::BorrowRequest {
+        user_id: "ned".into(),
+        book_id: book.id.clone(),
+        quantity: 2,
+        idempotency_key: None,
+    };
+    let loan = client.clone().borrow(request).await.expect("committed").into_inner();
+    drop(crashing); // killed before its relay could publish
+
+    // The loan is PENDING, its event in the outbox; the restarted service publishes it.
+    assert_eq!(system.loan(&loan.id).await.status(), LoanStatus::Pending);
+    let restarted = start_borrow(&system.borrow_db, bus(&system.names), system.book_port, &[]).await;
+    system.wait_for_status(&loan.id, LoanStatus::Active).await;
+    assert!(eventually(WAIT, || async { system.book(&book.id).await.available_copies == 1 }).await);
+    drop(restarted);
+}

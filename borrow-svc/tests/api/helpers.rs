@@ -1,0 +1,246 @@
+//! book-svc and borrow-svc started in-process on port 0, each on a fresh PostgreSQL database,
+//! sharing fresh broker names; gRPC clients to both.
+use std::time::Duration;
+
+use clap::Parser;
+use library_platform::bus::{BusNames, EventBus};
+use library_platform::test_support::{amqp_url, fresh_bus_names, fresh_postgres_database, init_tracing};
+use library_platform::{CancellationToken, TaskTracker};
+use library_proto::book::book_service_client::BookServiceClient;
+use library_proto::book::{Book, CreateBookRequest, GetBookRequest};
+use library_proto::borrow::borrow_service_client::BorrowServiceClient;
+use library_proto::borrow::{BorrowRequest, ChangeDueDateRequest, GetLoanRequest, Loan, LoanStatus, ReturnRequest};
+use tonic::transport::Channel;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// One running service: its port and how to stop it.
+pub struct Running {
+    pub port: u16,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Stops the service and waits until it has drained.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn bus(names: &BusNames) -> EventBus {
+    EventBus::rabbitmq(&amqp_url(), names.clone())
+        .expect("bus")
+        .with_system_queues()
+}
+
+pub async fn start_book(database_url: &str, names: &BusNames) -> Running {
+    let config = book_svc::Config::try_parse_from([
+        "book-svc",
+        "--book-grpc-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        database_url,
+    ])
+    .expect("config");
+    let shutdown = CancellationToken::new();
+    let app = book_svc::Application::build(&config, bus(names), shutdown.clone())
+        .await
+        .expect("book-svc builds");
+    let port = app.port();
+    let tracker = TaskTracker::new();
+    tracker.spawn(async move { app.run_until_stopped().await.expect("book-svc runs") });
+    Running {
+        port,
+        shutdown,
+        tracker,
+    }
+}
+
+pub async fn start_borrow(database_url: &str, bus: EventBus, book_port: u16, extra: &[&str]) -> Running {
+    let book_url = format!("http://127.0.0.1:{book_port}");
+    let mut args = vec![
+        "borrow-svc",
+        "--borrow-grpc-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        database_url,
+        "--book-svc-url",
+        &book_url,
+    ];
+    args.extend_from_slice(extra);
+    let config = borrow_svc::Config::try_parse_from(args).expect("config");
+    let shutdown = CancellationToken::new();
+    let app = borrow_svc::Application::build(&config, bus, shutdown.clone())
+        .await
+        .expect("borrow-svc builds");
+    let port = app.port();
+    let tracker = TaskTracker::new();
+    tracker.spawn(async move { app.run_until_stopped().await.expect("borrow-svc runs") });
+    Running {
+        port,
+        shutdown,
+        tracker,
+    }
+}
+
+/// book-svc + borrow-svc on fresh databases.
+pub struct System {
+    pub names: BusNames,
+    pub book_db: String,
+    pub borrow_db: String,
+    pub book: Option<Running>,
+    pub borrow: Running,
+    pub book_port: u16,
+}
+
+impl System {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// `extra`: borrow-svc flags, e.g. `["--max-copies-per-user", "15"]`.
+    pub async fn start_with(extra: &[&str]) -> Self {
+        init_tracing();
+        let names = fresh_bus_names();
+        let book_db = fresh_postgres_database("book").await;
+        let borrow_db = fresh_postgres_database("borrow").await;
+        let book = start_book(&book_db, &names).await;
+        let borrow = start_borrow(&borrow_db, bus(&names), book.port, extra).await;
+        Self {
+            book_port: book.port,
+            names,
+            book_db,
+            borrow_db,
+            book: Some(book),
+            borrow,
+        }
+    }
+
+    pub async fn book_client(&self) -> BookServiceClient<Channel> {
+        BookServiceClient::connect(format!("http://127.0.0.1:{}", self.book_port))
+            .await
+            .expect("book-svc reachable")
+    }
+
+    pub async fn borrow_client(&self) -> BorrowServiceClient<Channel> {
+        BorrowServiceClient::connect(format!("http://127.0.0.1:{}", self.borrow.port))
+            .await
+            .expect("borrow-svc reachable")
+    }
+
+    pub async fn create_book(&self, copies: i32) -> Book {
+        let request = CreateBookRequest {
+            isbn: None,
+            title: "Dune".into(),
+            author: "Frank Herbert".into(),
+            total_copies: copies,
+        };
+        self.book_client()
+            .await
+            .create_book(request)
+            .await
+            .expect("book created")
+            .into_inner()
+    }
+
+    pub async fn book(&self, id: &str) -> Book {
+        self.book_client()
+            .await
+            .get_book(GetBookRequest { id: id.into() })
+            .await
+            .expect("book")
+            .into_inner()
+    }
+
+    pub async fn borrow(&self, user: &str, book_id: &str, quantity: i32) -> Result<Loan, tonic::Status> {
+        let request = BorrowRequest {
+            user_id: user.into(),
+            book_id: book_id.into(),
+            quantity,
+            idempotency_key: None,
+        };
+        self.borrow_client().await.borrow(request).await.map(|r| r.into_inner())
+    }
+
+    pub async fn return_copies(
+        &self,
+        user: &str,
+        loan_id: &str,
+        quantity: Option<i32>,
+    ) -> Result<library_proto::borrow::ReturnResponse, tonic::Status> {
+        let request = ReturnRequest {
+            user_id: user.into(),
+            loan_id: loan_id.into(),
+            quantity,
+        };
+        self.borrow_client()
+            .await
+            .r#return(request)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn loan(&self, id: &str) -> Loan {
+        let request = GetLoanRequest {
+            loan_id: id.into(),
+            user_id: None,
+        };
+        self.borrow_client()
+            .await
+            .get_loan(request)
+            .await
+            .expect("loan")
+            .into_inner()
+    }
+
+    pub async fn wait_for_status(&self, id: &str, status: LoanStatus) -> Loan {
+        let reached = eventually(WAIT, || async { self.loan(id).await.status == status as i32 }).await;
+        let loan = self.loan(id).await;
+        assert!(reached, "loan {id} never became {status:?}; it is {:?}", loan.status());
+        loan
+    }
+
+    pub async fn move_due_date(&self, loan_id: &str, days_ago: i64) {
+        let due = chrono::Utc::now() - chrono::Duration::days(days_ago);
+        let request = ChangeDueDateRequest {
+            loan_id: loan_id.into(),
+            due_at: Some(library_proto::time::to_timestamp(due)),
+        };
+        self.borrow_client()
+            .await
+            .change_due_date(request)
+            .await
+            .expect("due date moved");
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn reason(status: &tonic::Status) -> Option<&str> {
+    library_platform::grpc::reason_of(status)
+}

@@ -1,0 +1,6 @@
+//! borrow-svc with book-svc, on real PostgreSQL and RabbitMQ, through gRPC.
+mod borrowing;
+mod concurrency;
+mod faults;
+mod helpers;
+mod returning;
