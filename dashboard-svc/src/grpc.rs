@@ -6,6 +6,7 @@ use library_platform::CancellationToken;
 use library_platform::grpc::internal;
 use library_proto::dashboard::dashboard_service_server::DashboardService;
 use library_proto::dashboard::{Dashboard as DashboardMessage, GetDashboardRequest, WatchDashboardRequest};
+use library_proto::events::DashboardUpdated;
 use library_proto::time::to_timestamp;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -70,29 +71,47 @@ impl DashboardService for DashboardGrpc {
             .await
             .map_err(|e| internal("reading a dashboard", &e))?;
         let dashboards = self.dashboards.clone();
-        let updates = changes.filter_map(move |change| {
-            let dashboards = dashboards.clone();
-            let user = user.clone();
-            async move {
-                match change {
-                    Ok(update) if update.user_id == user => Some(Ok(DashboardMessage {
-                        user_id: update.user_id,
-                        borrowed_count: update.borrowed_count,
-                        late_fee_total: update.late_fee_total,
-                        updated_at: update.occurred_at,
-                    })),
-                    Ok(_) => None,
-                    // Fell behind: the stored value is the truth.
-                    Err(BroadcastStreamRecvError::Lagged(_)) => Some(
-                        dashboards
-                            .get(&user)
-                            .await
-                            .map(to_message)
-                            .map_err(|e| internal("reading a dashboard", &e)),
-                    ),
+        // Updates reach this replica in any order and may repeat what was read: only a newer
+        // version goes out.
+        let mut last_version = current.version;
+        let updates = changes
+            .then(move |change| {
+                let dashboards = dashboards.clone();
+                let user = user.clone();
+                async move {
+                    match change {
+                        Ok(update) if update.user_id == user => Some(Ok(update)),
+                        Ok(_) => None,
+                        // Fell behind: the stored value is the truth.
+                        Err(BroadcastStreamRecvError::Lagged(_)) => {
+                            Some(dashboards.get(&user).await.map(|d| DashboardUpdated {
+                                event_id: String::new(),
+                                occurred_at: Some(to_timestamp(d.updated_at)),
+                                user_id: d.user_id,
+                                borrowed_count: d.borrowed_count,
+                                late_fee_total: d.late_fee_total,
+                                version: d.version,
+                            }))
+                        }
+                    }
                 }
-            }
-        });
+            })
+            .filter_map(move |update| {
+                let fresh = match update {
+                    Some(Ok(update)) if update.version > last_version => {
+                        last_version = update.version;
+                        Some(Ok(DashboardMessage {
+                            user_id: update.user_id,
+                            borrowed_count: update.borrowed_count,
+                            late_fee_total: update.late_fee_total,
+                            updated_at: update.occurred_at,
+                        }))
+                    }
+                    Some(Err(e)) => Some(Err(internal("reading a dashboard", &e))),
+                    _ => None,
+                };
+                futures::future::ready(fresh)
+            });
         let stream = futures::stream::once(futures::future::ready(Ok(to_message(current))))
             .chain(updates)
             .take_until(self.shutdown.clone().cancelled_owned());

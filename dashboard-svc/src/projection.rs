@@ -43,6 +43,7 @@ impl Dashboards {
                 user_id: user_id.to_owned(),
                 borrowed_count: 0,
                 late_fee_total: 0,
+                version: 0,
                 updated_at: Utc::now(),
             }))
     }
@@ -62,6 +63,7 @@ impl Dashboards {
             user_id: Set(user_id.to_owned()),
             borrowed_count: Set(change.borrowed),
             late_fee_total: Set(change.late_fee),
+            version: Set(1),
             updated_at: Set(Utc::now()),
         })
         .on_conflict(
@@ -75,6 +77,7 @@ impl Dashboards {
                     Column::LateFeeTotal,
                     Expr::col((Entity, Column::LateFeeTotal)).add(Expr::col((excluded.clone(), Column::LateFeeTotal))),
                 )
+                .value(Column::Version, Expr::col((Entity, Column::Version)).add(1))
                 .value(Column::UpdatedAt, Expr::col((excluded, Column::UpdatedAt)))
                 .to_owned(),
         );
@@ -89,6 +92,7 @@ impl Dashboards {
             user_id: now.user_id.clone(),
             borrowed_count: now.borrowed_count,
             late_fee_total: now.late_fee_total,
+            version: now.version,
         };
         self.outbox.enqueue(&txn, &updated).await?;
         self.outbox.commit(txn).await?;

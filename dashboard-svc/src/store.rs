@@ -13,6 +13,8 @@ pub struct Model {
     pub borrowed_count: i32,
     /// Won charged over all returns.
     pub late_fee_total: i64,
+    /// Grows by one with every applied event: orders the updates watchers receive.
+    pub version: i64,
     pub updated_at: DateTimeUtc,
 }
 
@@ -49,6 +51,7 @@ impl MigrationTrait for CreateDashboards {
                     .col(ColumnDef::new(Column::UserId).string_len(128).not_null().primary_key())
                     .col(ColumnDef::new(Column::BorrowedCount).integer().not_null().default(0))
                     .col(ColumnDef::new(Column::LateFeeTotal).big_integer().not_null().default(0))
+                    .col(ColumnDef::new(Column::Version).big_integer().not_null().default(0))
                     .col(ColumnDef::new(Column::UpdatedAt).timestamp_with_time_zone().not_null())
                     .to_owned(),
             )

@@ -1,0 +1,58 @@
+//! A book-svc on port 0 over a fresh PostgreSQL database and fresh broker names.
+use clap::Parser;
+use library_platform::bus::{EventBus, EventMeta};
+use library_platform::test_support::{amqp_url, fresh_bus_names, fresh_postgres_database, init_tracing};
+use library_platform::{CancellationToken, TaskTracker};
+use library_proto::book::book_service_client::BookServiceClient;
+use tonic::transport::Channel;
+
+pub struct App {
+    pub catalog: book_svc::Catalog,
+    pub port: u16,
+    shutdown: CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl App {
+    pub async fn client(&self) -> BookServiceClient<Channel> {
+        BookServiceClient::connect(format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("book-svc reachable")
+    }
+}
+
+pub async fn spawn_app() -> App {
+    init_tracing();
+    let url = fresh_postgres_database("book").await;
+    let config =
+        book_svc::Config::try_parse_from(["book-svc", "--book-grpc-addr", "127.0.0.1:0", "--database-url", &url])
+            .expect("config");
+    let bus = EventBus::rabbitmq(&amqp_url(), fresh_bus_names())
+        .expect("bus")
+        .with_system_queues();
+    let shutdown = CancellationToken::new();
+    let app = book_svc::Application::build(&config, bus, shutdown.clone())
+        .await
+        .expect("book-svc builds");
+    let (catalog, port) = (app.catalog(), app.port());
+    TaskTracker::new().spawn(async move { app.run_until_stopped().await.expect("book-svc runs") });
+    App {
+        catalog,
+        port,
+        shutdown,
+    }
+}
+
+/// The delivery of one event to book-svc's saga consumer.
+pub fn delivery(event_id: &str) -> EventMeta {
+    EventMeta {
+        consumer: "book-svc".into(),
+        event_id: event_id.to_owned(),
+        occurred_at: chrono::Utc::now(),
+    }
+}

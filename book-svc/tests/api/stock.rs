@@ -1,0 +1,131 @@
+//! book-svc's side of the saga: reservations and releases, once each, never below zero.
+use futures::future::join_all;
+use library_platform::bus::HandleError;
+use library_proto::book::{CreateBookRequest, GetBookRequest};
+use library_proto::events::{BookBorrowed, BookReturned};
+
+use crate::helpers::{App, delivery, spawn_app};
+
+fn borrowed(book_id: &str, quantity: i32) -> BookBorrowed {
+    BookBorrowed {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        loan_id: uuid::Uuid::now_v7().to_string(),
+        user_id: "reader".into(),
+        book_id: book_id.into(),
+        quantity,
+        ..Default::default()
+    }
+}
+
+async fn book_with(app: &App, copies: i32) -> String {
+    let request = CreateBookRequest {
+        isbn: None,
+        title: "Stock".into(),
+        author: "Keeper".into(),
+        total_copies: copies,
+    };
+    app.client().await.create_book(request).await.unwrap().into_inner().id
+}
+
+async fn available(app: &App, id: &str) -> i32 {
+    app.client()
+        .await
+        .get_book(GetBookRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .available_copies
+}
+
+#[tokio::test]
+async fn fifty_concurrent_reservations_of_one_copy_against_ten_reserve_exactly_ten() {
+    let app = spawn_app().await;
+    let id = book_with(&app, 10).await;
+    let events: Vec<BookBorrowed> = (0..50).map(|_| borrowed(&id, 1)).collect();
+    let outcomes = join_all(
+        events
+            .iter()
+            .map(|e| app.catalog.reserve_for_loan(e.clone(), delivery(&e.event_id))),
+    )
+    .await;
+    assert!(outcomes.iter().all(Result::is_ok));
+    assert_eq!(available(&app, &id).await, 0, "10 reserved, never below zero");
+
+    // Each loan's copies come back once; then the shelf is full again.
+    for event in &events {
+        let returned = BookReturned {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            loan_id: event.loan_id.clone(),
+            book_id: id.clone(),
+            quantity: 1,
+            ..Default::default()
+        };
+        app.catalog
+            .release_for_loan(&returned.loan_id, 1, delivery(&returned.event_id))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        available(&app, &id).await,
+        10,
+        "only the 10 reserved loans released anything"
+    );
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_twice_takes_effect_once() {
+    let app = spawn_app().await;
+    let id = book_with(&app, 5).await;
+    let event = borrowed(&id, 2);
+    for _ in 0..2 {
+        app.catalog
+            .reserve_for_loan(event.clone(), delivery(&event.event_id))
+            .await
+            .unwrap();
+    }
+    assert_eq!(available(&app, &id).await, 3);
+    // Even under another event id, a second reservation for the same loan is refused whole
+    // (the reservation is keyed by loan), so the stock is not taken twice.
+    let replay = BookBorrowed {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        ..event.clone()
+    };
+    let outcome = app
+        .catalog
+        .reserve_for_loan(replay.clone(), delivery(&replay.event_id))
+        .await;
+    assert!(matches!(outcome, Err(HandleError::Failed(_))), "{outcome:?}");
+    assert_eq!(available(&app, &id).await, 3);
+
+    let release_id = uuid::Uuid::now_v7().to_string();
+    for _ in 0..2 {
+        app.catalog
+            .release_for_loan(&event.loan_id, 2, delivery(&release_id))
+            .await
+            .unwrap();
+    }
+    assert_eq!(available(&app, &id).await, 5);
+}
+
+#[tokio::test]
+async fn an_unknown_book_or_too_few_copies_answer_out_of_stock_without_touching_stock() {
+    let app = spawn_app().await;
+    let id = book_with(&app, 2).await;
+    let too_many = borrowed(&id, 3);
+    app.catalog
+        .reserve_for_loan(too_many.clone(), delivery(&too_many.event_id))
+        .await
+        .unwrap();
+    let unknown = borrowed(&uuid::Uuid::new_v4().to_string(), 1);
+    app.catalog
+        .reserve_for_loan(unknown.clone(), delivery(&unknown.event_id))
+        .await
+        .unwrap();
+    assert_eq!(available(&app, &id).await, 2);
+    // A cancellation of a loan that never held copies releases nothing.
+    app.catalog
+        .release_for_loan(&too_many.loan_id, 3, delivery(&uuid::Uuid::now_v7().to_string()))
+        .await
+        .unwrap();
+    assert_eq!(available(&app, &id).await, 2);
+}

@@ -1,0 +1,62 @@
+//! A dashboard-svc on port 0 over a fresh PostgreSQL database and fresh broker names.
+use clap::Parser;
+use library_platform::bus::{EventBus, EventMeta};
+use library_platform::test_support::{amqp_url, fresh_bus_names, fresh_postgres_database, init_tracing};
+use library_platform::{CancellationToken, TaskTracker};
+use library_proto::dashboard::dashboard_service_client::DashboardServiceClient;
+use tonic::transport::Channel;
+
+pub struct App {
+    pub dashboards: dashboard_svc::Dashboards,
+    pub port: u16,
+    shutdown: CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl App {
+    pub async fn client(&self) -> DashboardServiceClient<Channel> {
+        DashboardServiceClient::connect(format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("reachable")
+    }
+}
+
+pub async fn spawn_app() -> App {
+    init_tracing();
+    let url = fresh_postgres_database("dashboard").await;
+    let config = dashboard_svc::Config::try_parse_from([
+        "dashboard-svc",
+        "--dashboard-grpc-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+    ])
+    .expect("config");
+    let bus = EventBus::rabbitmq(&amqp_url(), fresh_bus_names())
+        .expect("bus")
+        .with_system_queues();
+    let shutdown = CancellationToken::new();
+    let app = dashboard_svc::Application::build(&config, bus, shutdown.clone())
+        .await
+        .expect("builds");
+    let (dashboards, port) = (app.dashboards(), app.port());
+    TaskTracker::new().spawn(async move { app.run_until_stopped().await.expect("runs") });
+    App {
+        dashboards,
+        port,
+        shutdown,
+    }
+}
+
+pub fn delivery() -> EventMeta {
+    EventMeta {
+        consumer: "dashboard-svc".into(),
+        event_id: uuid::Uuid::now_v7().to_string(),
+        occurred_at: chrono::Utc::now(),
+    }
+}
