@@ -29,6 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 use library_platform::bus::{EventBus, Outbox, Relay};
 use library_platform::config::{BusArgs, DatabaseArgs, TelemetryArgs};
+use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::borrow::borrow_service_server::{BorrowServiceServer, SERVICE_NAME};
 use tokio::net::TcpListener;
@@ -187,14 +188,14 @@ impl Application {
             tracker,
             shutdown,
         } = self;
-        tracker.spawn(relay.run(shutdown.clone()));
         let (reporter, router) = library_platform::grpc::server()?;
         let router = router.add_service(BorrowServiceServer::new(grpc::BorrowGrpc { circulation }));
-        tracing::info!(addr = %listener.local_addr()?, "borrow-svc serving gRPC");
-        let served = library_platform::grpc::serve(router, listener, reporter, &[SERVICE_NAME], shutdown.clone()).await;
-        shutdown.cancel();
-        library_platform::service::drain("borrow-svc", &tracker).await;
-        Ok(served?)
+        let background = Background {
+            relay,
+            tracker,
+            shutdown,
+        };
+        serve_grpc("borrow-svc", listener, (reporter, router), SERVICE_NAME, background).await
     }
 }
 
@@ -203,9 +204,12 @@ impl Application {
 /// # Errors
 /// A missing or bad setting, or a failure to start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let bus = library_platform::service::required_bus(&config.bus)?;
-    let app = Application::build(&config, bus.clone(), shutdown).await?;
-    let result = app.run_until_stopped().await;
-    bus.close().await;
-    result
+    let bus_args = config.bus.clone();
+    library_platform::service::run_standalone(&bus_args, |bus| async move {
+        Application::build(&config, bus, shutdown)
+            .await?
+            .run_until_stopped()
+            .await
+    })
+    .await
 }

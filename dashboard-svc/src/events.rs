@@ -15,65 +15,46 @@ pub const PROJECTION_QUEUE: &str = "dashboard-svc.projection";
 /// Every event dashboard-svc consumes, in one place: copies borrowed count up until they are
 /// returned or the loan is canceled; fees add up.
 pub fn subscriptions(dashboards: Dashboards) -> Subscriptions {
-    let on = |dashboards: &Dashboards| dashboards.clone();
-    let (borrowed, canceled, returned, charged) = (on(&dashboards), on(&dashboards), on(&dashboards), dashboards);
-    Subscriptions::new("dashboard-svc")
-        .on::<BookBorrowed, _, _>(move |e, meta| {
-            let d = borrowed.clone();
-            async move {
-                d.apply(
-                    &e.user_id,
-                    Change {
-                        borrowed: e.quantity,
-                        late_fee: 0,
-                    },
-                    meta,
-                )
-                .await
-            }
-        })
-        .on::<LoanCanceled, _, _>(move |e, meta| {
-            let d = canceled.clone();
-            async move {
-                d.apply(
-                    &e.user_id,
-                    Change {
-                        borrowed: -e.quantity,
-                        late_fee: 0,
-                    },
-                    meta,
-                )
-                .await
-            }
-        })
-        .on::<BookReturned, _, _>(move |e, meta| {
-            let d = returned.clone();
-            async move {
-                d.apply(
-                    &e.user_id,
-                    Change {
-                        borrowed: -e.quantity,
-                        late_fee: 0,
-                    },
-                    meta,
-                )
-                .await
-            }
-        })
-        .on::<LateFeeCharged, _, _>(move |e, meta| {
-            let d = charged.clone();
-            async move {
-                d.apply(
-                    &e.user_id,
-                    Change {
-                        borrowed: 0,
-                        late_fee: e.amount,
-                    },
-                    meta,
-                )
-                .await
-            }
-        })
+    let subscriptions = Subscriptions::new("dashboard-svc");
+    let subscriptions = project(subscriptions, &dashboards, |e: &BookBorrowed| {
+        (e.user_id.clone(), copies(e.quantity))
+    });
+    let subscriptions = project(subscriptions, &dashboards, |e: &LoanCanceled| {
+        (e.user_id.clone(), copies(-e.quantity))
+    });
+    let subscriptions = project(subscriptions, &dashboards, |e: &BookReturned| {
+        (e.user_id.clone(), copies(-e.quantity))
+    });
+    project(subscriptions, &dashboards, |e: &LateFeeCharged| {
+        (
+            e.user_id.clone(),
+            Change {
+                borrowed: 0,
+                late_fee: e.amount,
+            },
+        )
+    })
+}
+
+fn copies(n: i32) -> Change {
+    Change {
+        borrowed: n,
+        late_fee: 0,
+    }
+}
+
+/// Handles `E` by applying the change it means to its reader's dashboard.
+fn project<E: DomainEvent>(
+    subscriptions: Subscriptions,
+    dashboards: &Dashboards,
+    change_of: fn(&E) -> (String, Change),
+) -> Subscriptions {
+    let dashboards = dashboards.clone();
+    subscriptions.on::<E, _, _>(move |event, meta| {
+        let dashboards = dashboards.clone();
+        let (user_id, change) = change_of(&event);
+        async move { dashboards.apply(&user_id, change, meta).await }
+    })
 }
 
 /// Dashboard changes on this replica, from every replica.

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use library_platform::bus::{EventBus, Outbox, Relay};
 use library_platform::config::{BusArgs, DatabaseArgs, TelemetryArgs};
+use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::dashboard::dashboard_service_server::{DashboardServiceServer, SERVICE_NAME};
 use tokio::net::TcpListener;
@@ -119,7 +120,6 @@ impl Application {
             tracker,
             shutdown,
         } = self;
-        tracker.spawn(relay.run(shutdown.clone()));
         let (reporter, router) = library_platform::grpc::server()?;
         let service = grpc::DashboardGrpc {
             dashboards,
@@ -127,11 +127,12 @@ impl Application {
             shutdown: shutdown.clone(),
         };
         let router = router.add_service(DashboardServiceServer::new(service));
-        tracing::info!(addr = %listener.local_addr()?, "dashboard-svc serving gRPC");
-        let served = library_platform::grpc::serve(router, listener, reporter, &[SERVICE_NAME], shutdown.clone()).await;
-        shutdown.cancel();
-        library_platform::service::drain("dashboard-svc", &tracker).await;
-        Ok(served?)
+        let background = Background {
+            relay,
+            tracker,
+            shutdown,
+        };
+        serve_grpc("dashboard-svc", listener, (reporter, router), SERVICE_NAME, background).await
     }
 }
 
@@ -140,9 +141,12 @@ impl Application {
 /// # Errors
 /// A missing or bad setting, or a failure to start.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let bus = library_platform::service::required_bus(&config.bus)?;
-    let app = Application::build(&config, bus.clone(), shutdown).await?;
-    let result = app.run_until_stopped().await;
-    bus.close().await;
-    result
+    let bus_args = config.bus.clone();
+    library_platform::service::run_standalone(&bus_args, |bus| async move {
+        Application::build(&config, bus, shutdown)
+            .await?
+            .run_until_stopped()
+            .await
+    })
+    .await
 }

@@ -7,7 +7,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::{BusNames, EventBus};
+use tokio::net::TcpListener;
+use tonic::transport::server::Router;
+use tonic_health::server::HealthReporter;
+
+use crate::bus::{BusNames, EventBus, Relay};
 use crate::config::{BusArgs, TelemetryArgs};
 use crate::telemetry::{self, ServiceLevel};
 
@@ -40,6 +44,56 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// A service binary's body: RabbitMQ is required; `run` gets the bus, and the bus is closed
+/// cleanly after it returns.
+///
+/// # Errors
+/// `AMQP_URL` is missing or bad, or `run` failed.
+pub async fn run_standalone<F, Fut>(bus: &BusArgs, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(EventBus) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let bus = required_bus(bus)?;
+    let result = run(bus.clone()).await;
+    bus.close().await;
+    result
+}
+
+/// What a built service runs beside its gRPC server.
+pub struct Background {
+    /// Publishes the service's outbox.
+    pub relay: Relay,
+    /// The consumers and listeners already started; waited for at the end.
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// Serves a service's gRPC `router` (from [`crate::grpc::server`]) until shutdown, with its
+/// relay running; then drains the background tasks.
+///
+/// # Errors
+/// The gRPC server failed.
+pub async fn serve_grpc(
+    name: &str,
+    listener: TcpListener,
+    (reporter, router): (HealthReporter, Router),
+    grpc_service: &str,
+    background: Background,
+) -> anyhow::Result<()> {
+    let Background {
+        relay,
+        tracker,
+        shutdown,
+    } = background;
+    tracker.spawn(relay.run(shutdown.clone()));
+    tracing::info!(service = name, addr = %listener.local_addr()?, "serving gRPC");
+    let served = crate::grpc::serve(router, listener, reporter, &[grpc_service], shutdown.clone()).await;
+    shutdown.cancel();
+    drain(name, &tracker).await;
+    Ok(served?)
 }
 
 /// The RabbitMQ bus a standalone service requires.

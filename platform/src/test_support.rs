@@ -64,3 +64,22 @@ pub fn init_tracing() {
         }
     });
 }
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes; returns whether it held. Tests
+/// wait on a condition this way instead of sleeping a fixed time.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use library_platform::bus::{BusNames, EventBus};
+pub use library_platform::test_support::eventually;
 use library_platform::test_support::{amqp_url, fresh_bus_names, fresh_postgres_database, init_tracing};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::book::book_service_client::BookServiceClient;
@@ -220,24 +221,6 @@ impl System {
             .change_due_date(request)
             .await
             .expect("due date moved");
-    }
-}
-
-/// Polls `check` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

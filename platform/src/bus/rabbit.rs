@@ -257,6 +257,35 @@ fn envelope_of(delivery: &Delivery) -> EventEnvelope {
     }
 }
 
+/// Runs `session` again and again until it reports a clean stop (`Ok(true)`) or `shutdown`,
+/// waiting with exponential backoff after each loss of the broker.
+async fn reconnecting<F, Fut>(what: &str, shutdown: &CancellationToken, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, lapin::Error>>,
+{
+    const FIRST_DELAY: Duration = Duration::from_millis(200);
+    let mut delay = FIRST_DELAY;
+    while !shutdown.is_cancelled() {
+        let started = tokio::time::Instant::now();
+        let error = match session().await {
+            Ok(true) => break,
+            Ok(false) => "the broker closed the stream".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() > MAX_RECONNECT_DELAY {
+            // A session that lasted was healthy: start the backoff over.
+            delay = FIRST_DELAY;
+        }
+        tracing::warn!(what, %error, retry_in_ms = delay.as_millis() as u64, "lost the broker; reconnecting");
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {},
+        }
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+    }
+}
+
 /// Consumes `queue` until `shutdown`, reconnecting with backoff whenever the broker goes away.
 pub(super) async fn consume(
     bus: Arc<RabbitBus>,
@@ -265,25 +294,10 @@ pub(super) async fn consume(
     shutdown: CancellationToken,
 ) {
     let queue = bus.names.queue(&queue);
-    let mut delay = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        let outcome = consume_session(&bus, &queue, &subscriptions, &shutdown).await;
-        match outcome {
-            Ok(true) => break,
-            Ok(false) | Err(_) => {
-                let error = outcome
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "the broker closed the stream".into());
-                tracing::warn!(%queue, %error, retry_in_ms = delay.as_millis() as u64, "consumer lost the broker; reconnecting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {},
-                }
-                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-            }
-        }
-    }
+    reconnecting(&queue, &shutdown, || {
+        consume_session(&bus, &queue, &subscriptions, &shutdown)
+    })
+    .await;
 }
 
 async fn consume_session(
@@ -385,25 +399,10 @@ pub(super) async fn listen(
     on_event: Arc<dyn Fn(EventEnvelope) + Send + Sync>,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        let outcome = listen_session(&bus, &keys, on_event.as_ref(), &shutdown).await;
-        match outcome {
-            Ok(true) => break,
-            Ok(false) | Err(_) => {
-                let error = outcome
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "the broker closed the stream".into());
-                tracing::warn!(%error, "listener lost the broker; reconnecting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {},
-                }
-                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-            }
-        }
-    }
+    reconnecting("listener", &shutdown, || {
+        listen_session(&bus, &keys, on_event.as_ref(), &shutdown)
+    })
+    .await;
 }
 
 async fn listen_session(

@@ -6,7 +6,9 @@ use library_platform::bus::{EventBus, EventEnvelope, Outbox, Relay, Relayed};
 use library_platform::test_support::fresh_bus_names;
 use sea_orm::TransactionTrait;
 
-use crate::helpers::{Consumer, event, eventually, outbox_rows, postgres, produce, rabbit, sqlite, start};
+use library_platform::test_support::eventually;
+
+use crate::helpers::{Consumer, event, outbox_rows, postgres, produce, rabbit, sqlite, start};
 
 const WAIT: Duration = Duration::from_secs(20);
 

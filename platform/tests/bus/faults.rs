@@ -11,7 +11,9 @@ use library_platform::test_support::{amqp_url, fresh_bus_names};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::events::StockChanged;
 
-use crate::helpers::{Consumer, event, eventually, outbox_rows, postgres, produce, rabbit, start};
+use library_platform::test_support::eventually;
+
+use crate::helpers::{Consumer, event, outbox_rows, postgres, produce, rabbit, start};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -160,24 +160,6 @@ pub async fn outbox_rows(db: &DatabaseConnection) -> i64 {
     row.try_get("", "n").expect("n")
 }
 
-/// Polls `check` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A running relay and consumer; stopped on drop.
 pub struct Running {
     pub shutdown: CancellationToken,
