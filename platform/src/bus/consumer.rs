@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use library_proto::DomainEvent;
-use sea_orm::sea_query::{OnConflict, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DbErr};
 use tracing::Instrument;
 
@@ -63,6 +63,21 @@ impl EventMeta {
         let result = txn.execute(&insert).await?;
         Ok(result.rows_affected() == 1)
     }
+}
+
+/// Forgets the processed events of every consumer older than `retention`, so the table stays
+/// small. A redelivery comes within minutes (an unacknowledged message, an outbox row re-sent
+/// after a crash); a week is far beyond that.
+///
+/// # Errors
+/// The delete failed.
+pub async fn prune_processed_events(conn: &impl ConnectionTrait, retention: Duration) -> Result<u64, DbErr> {
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let delete = Query::delete()
+        .from_table(ProcessedEvents::Table)
+        .and_where(Expr::col(ProcessedEvents::ProcessedAt).lt(cutoff))
+        .to_owned();
+    Ok(conn.execute(&delete).await?.rows_affected())
 }
 
 type Handler = Arc<dyn Fn(Vec<u8>, EventMeta) -> BoxFuture<'static, Result<(), HandleError>> + Send + Sync>;

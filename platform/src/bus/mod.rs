@@ -31,7 +31,7 @@ use library_proto::DomainEvent;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use consumer::{EventMeta, HandleError, Subscriptions};
+pub use consumer::{EventMeta, HandleError, Subscriptions, prune_processed_events};
 pub use memory::DeadLetter;
 pub use outbox::{Outbox, bus_migration};
 pub use relay::{Relay, Relayed};

@@ -16,6 +16,9 @@ use super::{BusError, EventBus, EventEnvelope, Outbox};
 /// crashed process (or another replica's missed wake-up) is published.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the relay also prunes the processed-events table, and what it keeps.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const PROCESSED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What one pass of the relay did.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,7 +125,15 @@ impl Relay {
     /// finished during the drain still leave.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
+                match super::prune_processed_events(&self.db, PROCESSED_RETENTION).await {
+                    Ok(pruned) => tracing::debug!(pruned, "pruned processed events"),
+                    Err(error) => tracing::warn!(%error, "cannot prune processed events"),
+                }
+            }
             match self.relay_once().await {
                 Ok(Relayed::Published(_)) => {
                     backoff = Duration::from_millis(100);

@@ -85,14 +85,9 @@ async fn relays_of_several_replicas_publish_each_row_once() {
     let tracker = library_platform::TaskTracker::new();
     let shutdown = library_platform::CancellationToken::new();
     bus.consume("replicas", consumer.subscriptions(), &tracker, shutdown.clone());
-    // Wait for the queue to exist before producing.
-    let probe = EventEnvelope::of(&event());
-    assert!(
-        eventually(WAIT, || async {
-            bus.publish(std::slice::from_ref(&probe)).await.is_ok() && consumer.invocations.load(Ordering::SeqCst) > 0
-        })
-        .await
-    );
+    // The bus declares the consumer's queue before its first publish: one probe, then wait.
+    bus.publish(&[EventEnvelope::of(&event())]).await.unwrap();
+    assert!(eventually(WAIT, || async { consumer.invocations.load(Ordering::SeqCst) == 1 }).await);
     let before = consumer.invocations.load(Ordering::SeqCst);
 
     produce(&producer, &outbox, 1000, 50).await;
@@ -123,4 +118,23 @@ async fn relays_of_several_replicas_publish_each_row_once() {
         "a row was published twice"
     );
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn pruning_forgets_processed_events_older_than_the_retention_only() {
+    let consumer = Consumer::new(sqlite().await);
+    let bus = EventBus::in_process();
+    let _running = start(&bus, &sqlite().await, &Outbox::default(), &consumer, "prune");
+    let envelope = EventEnvelope::of(&event());
+    bus.publish(std::slice::from_ref(&envelope)).await.unwrap();
+    let pruned = library_platform::bus::prune_processed_events(&consumer.db, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 0, "a fresh record is kept");
+    bus.publish(std::slice::from_ref(&envelope)).await.unwrap();
+    assert_eq!(consumer.applied().await, (1, 1));
+    let pruned = library_platform::bus::prune_processed_events(&consumer.db, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
 }
