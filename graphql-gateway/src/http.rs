@@ -51,7 +51,41 @@ async fn graphiql() -> Html<String> {
     )
 }
 
-async fn graphql(State(state): State<AppState>, headers: HeaderMap, request: GraphQLRequest) -> GraphQLResponse {
+/// A body that is not a GraphQL request: answered in GraphQL's error shape, with a code, instead
+/// of the parser's debug text.
+pub struct BadRequest(async_graphql::ParseRequestError);
+
+impl From<async_graphql::ParseRequestError> for BadRequest {
+    fn from(error: async_graphql::ParseRequestError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        let (status, message) = match self.0 {
+            async_graphql::ParseRequestError::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large")
+            }
+            async_graphql::ParseRequestError::UnsupportedBatch => {
+                (StatusCode::BAD_REQUEST, "batched requests are not supported")
+            }
+            _ => (
+                StatusCode::BAD_REQUEST,
+                "the request body is not a GraphQL request (JSON with a `query`)",
+            ),
+        };
+        let body =
+            serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": "BAD_USER_INPUT" } }] });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+async fn graphql(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: GraphQLRequest<BadRequest>,
+) -> GraphQLResponse {
     let auth = state
         .keys
         .authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
