@@ -24,8 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BusError, BusNames, EventEnvelope, Subscriptions};
 
-/// Deliveries one consumer holds unacknowledged, and handles at once.
+/// Deliveries one consumer holds unacknowledged.
 const PREFETCH: u16 = 64;
+/// Deliveries one consumer applies at once. Well below the database pool (16): handlers that
+/// queue on one hot row (a popular book) each hold a connection while they wait, and the
+/// service's gRPC reads must still find one.
+const HANDLERS: usize = 6;
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 const PERSISTENT: u8 = 2;
 
@@ -323,7 +327,7 @@ async fn consume_session(
     // Stop taking deliveries at shutdown; those in flight finish and are acknowledged.
     consumer
         .take_until(shutdown.clone().cancelled_owned())
-        .try_for_each_concurrent(usize::from(PREFETCH), |delivery| {
+        .try_for_each_concurrent(HANDLERS, |delivery| {
             let channel = &channel;
             let dlx = dlx.as_str();
             async move { settle(channel, dlx, queue, subscriptions, delivery).await }
