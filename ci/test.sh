@@ -81,13 +81,13 @@ stage "format"
 cargo fmt --all -- --check
 
 stage "build (debug, all targets)"
-cargo build --workspace --all-targets --locked
+cargo build --workspace --all-targets --all-features --locked
 
 stage "clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 stage "tests"
-cargo test --workspace --locked --no-fail-fast
+cargo test --workspace --all-features --locked --no-fail-fast
 
 if [[ $quick -eq 0 && -x ci/k8s/check.sh ]]; then
   stage "kubernetes and pipelines"

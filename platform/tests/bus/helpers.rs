@@ -2,7 +2,6 @@
 //! transaction) over a fresh database and fresh broker names per test.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use library_platform::bus::{BusNames, EventBus, EventMeta, HandleError, Outbox, Relay, Subscriptions, bus_migration};
 use library_platform::{CancellationToken, TaskTracker, database, test_support};
