@@ -1,7 +1,7 @@
 //! The catalogue's use cases: each one that changes state writes its events to the outbox in the
 //! same transaction.
 use chrono::Utc;
-use library_platform::bus::{EventMeta, HandleError, Outbox};
+use library_platform::bus::{HandleError, Outbox, Subscriptions};
 use library_platform::paging::{self, PagingError};
 use library_proto::events::{
     BookBorrowed, BookRegistered, BookRemoved, BookUpdated, OutOfStock, StockChanged, StockReleased, StockReserved,
@@ -9,8 +9,8 @@ use library_proto::events::{
 use library_proto::time::to_timestamp;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -65,6 +65,11 @@ fn stock_changed(book: &Book) -> StockChanged {
 impl Catalog {
     pub fn new(db: DatabaseConnection, outbox: Outbox) -> Self {
         Self { db, outbox }
+    }
+
+    /// An empty set of subscriptions applying events to the catalogue's database.
+    pub(crate) fn subscriptions(&self, consumer: &str) -> Subscriptions {
+        Subscriptions::new(consumer, self.db.clone(), self.outbox.clone())
     }
 
     /// Registers a new book with all its copies on the shelf.
@@ -300,22 +305,18 @@ impl Catalog {
     }
 
     /// The book side of the borrow saga: reserve the loan's copies (`StockReserved`) or say why
-    /// not (`OutOfStock`). Applied once per event, whatever the redeliveries.
+    /// not (`OutOfStock`), inside the consumer's transaction.
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
-    pub async fn reserve_for_loan(&self, borrowed: BookBorrowed, meta: EventMeta) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !meta.claim(&txn).await? {
-            return Ok(());
-        }
+    pub async fn reserve_for_loan(&self, txn: &DatabaseTransaction, borrowed: BookBorrowed) -> Result<(), HandleError> {
         let quantity = borrowed.quantity;
         let taken = if quantity > 0 {
-            take_copies(&txn, &borrowed.book_id, quantity).await?
+            take_copies(txn, &borrowed.book_id, quantity).await?
         } else {
             false
         };
-        let book = books::Entity::find_by_id(&borrowed.book_id).one(&txn).await?;
+        let book = books::Entity::find_by_id(&borrowed.book_id).one(txn).await?;
         let now = Utc::now();
         match book {
             Some(book) if taken => {
@@ -325,7 +326,7 @@ impl Catalog {
                     quantity: Set(quantity),
                     created_at: Set(now),
                 }
-                .insert(&txn)
+                .insert(txn)
                 .await?;
                 let reserved = StockReserved {
                     event_id: new_event_id(),
@@ -335,8 +336,8 @@ impl Catalog {
                     quantity,
                     available_copies: book.available_copies,
                 };
-                self.outbox.enqueue(&txn, &reserved).await?;
-                self.outbox.enqueue(&txn, &stock_changed(&book)).await?;
+                self.outbox.enqueue(txn, &reserved).await?;
+                self.outbox.enqueue(txn, &stock_changed(&book)).await?;
                 tracing::info!(loan_id = %borrowed.loan_id, book_id = %book.id, quantity, "copies reserved");
             }
             book => {
@@ -353,11 +354,10 @@ impl Catalog {
                     available_copies: available,
                     reason: reason.to_owned(),
                 };
-                self.outbox.enqueue(&txn, &refused).await?;
+                self.outbox.enqueue(txn, &refused).await?;
                 tracing::info!(loan_id = %borrowed.loan_id, book_id = %borrowed.book_id, quantity, available, reason, "out of stock");
             }
         }
-        self.outbox.commit(txn).await?;
         Ok(())
     }
 
@@ -366,17 +366,18 @@ impl Catalog {
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
-    pub async fn release_for_loan(&self, loan_id: &str, quantity: i32, meta: EventMeta) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !meta.claim(&txn).await? {
+    pub async fn release_for_loan(
+        &self,
+        txn: &DatabaseTransaction,
+        loan_id: &str,
+        quantity: i32,
+    ) -> Result<(), HandleError> {
+        let Some(reservation) = reservations::Entity::find_by_id(loan_id).one(txn).await? else {
             return Ok(());
-        }
-        let Some(reservation) = reservations::Entity::find_by_id(loan_id).one(&txn).await? else {
-            return Ok(txn.commit().await?);
         };
         let released = Ord::min(quantity, reservation.quantity);
         if released <= 0 {
-            return Ok(txn.commit().await?);
+            return Ok(());
         }
         let held = reservations::Entity::update_many()
             .col_expr(
@@ -385,7 +386,7 @@ impl Catalog {
             )
             .filter(reservations::Column::LoanId.eq(loan_id))
             .filter(reservations::Column::Quantity.gte(released))
-            .exec(&txn)
+            .exec(txn)
             .await?;
         if held.rows_affected == 0 {
             return Err(HandleError::Failed("the reservation changed under us".into()));
@@ -397,9 +398,9 @@ impl Catalog {
             )
             .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()))
             .filter(books::Column::Id.eq(&reservation.book_id))
-            .exec(&txn)
+            .exec(txn)
             .await?;
-        if let Some(book) = books::Entity::find_by_id(&reservation.book_id).one(&txn).await? {
+        if let Some(book) = books::Entity::find_by_id(&reservation.book_id).one(txn).await? {
             let event = StockReleased {
                 event_id: new_event_id(),
                 occurred_at: Some(to_timestamp(Utc::now())),
@@ -408,10 +409,9 @@ impl Catalog {
                 quantity: released,
                 available_copies: book.available_copies,
             };
-            self.outbox.enqueue(&txn, &event).await?;
-            self.outbox.enqueue(&txn, &stock_changed(&book)).await?;
+            self.outbox.enqueue(txn, &event).await?;
+            self.outbox.enqueue(txn, &stock_changed(&book)).await?;
         }
-        self.outbox.commit(txn).await?;
         tracing::info!(%loan_id, released, "copies released");
         Ok(())
     }

@@ -14,19 +14,20 @@ pub const SAGA_QUEUE: &str = "book-svc.saga";
 
 /// Every event book-svc consumes, in one place.
 pub fn subscriptions(catalog: Catalog) -> Subscriptions {
-    let (reserve, on_return, on_cancel) = (catalog.clone(), catalog.clone(), catalog);
-    Subscriptions::new("book-svc")
-        .on::<BookBorrowed, _, _>(move |event, meta| {
+    let (reserve, on_return, on_cancel) = (catalog.clone(), catalog.clone(), catalog.clone());
+    catalog
+        .subscriptions("book-svc")
+        .on::<BookBorrowed, _>(move |event, _, txn| {
             let catalog = reserve.clone();
-            async move { catalog.reserve_for_loan(event, meta).await }
+            Box::pin(async move { catalog.reserve_for_loan(txn, event).await })
         })
-        .on::<BookReturned, _, _>(move |event, meta| {
+        .on::<BookReturned, _>(move |event, _, txn| {
             let catalog = on_return.clone();
-            async move { catalog.release_for_loan(&event.loan_id, event.quantity, meta).await }
+            Box::pin(async move { catalog.release_for_loan(txn, &event.loan_id, event.quantity).await })
         })
-        .on::<LoanCanceled, _, _>(move |event, meta| {
+        .on::<LoanCanceled, _>(move |event, _, txn| {
             let catalog = on_cancel.clone();
-            async move { catalog.release_for_loan(&event.loan_id, event.quantity, meta).await }
+            Box::pin(async move { catalog.release_for_loan(txn, &event.loan_id, event.quantity).await })
         })
 }
 

@@ -101,6 +101,11 @@ impl Application {
         self.catalog.clone()
     }
 
+    /// What the saga consumer applies, for tests and tools that deliver an event by hand.
+    pub fn subscriptions(&self) -> library_platform::bus::Subscriptions {
+        events::subscriptions(self.catalog.clone())
+    }
+
     /// Serves until the shutdown token is cancelled, then drains.
     ///
     /// # Errors

@@ -1,6 +1,10 @@
 //! The loan audit log: when `LIBRARY_AUDIT_DIR` is set (the shared Kubernetes volume), every loan
 //! transition is appended as one JSON line to this pod's own file, `<dir>/<host>.jsonl`, so
 //! replicas never write to the same file and each sees the others' files.
+//!
+//! Requests are recorded after their commit. Saga transitions (activated, canceled) are recorded
+//! as their event is applied, inside the consumer's batch: a batch that rolls back and is applied
+//! again one event at a time can record such a transition twice, never lose one.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! to the outbox; the reader's row is locked by every borrow, so per-reader limits and
 //! idempotency keys hold under concurrent requests.
 use chrono::{DateTime, Utc};
-use library_platform::bus::{EventMeta, HandleError, Outbox};
+use library_platform::bus::{HandleError, Outbox, Subscriptions};
 use library_platform::database::is_unique_violation;
 use library_platform::paging::{self, PagingError};
 use library_proto::events::{BookBorrowed, BookReturned, LateFeeCharged, LoanCanceled, OutOfStock, StockReserved};
@@ -96,6 +96,11 @@ impl Circulation {
             stock,
             audit,
         }
+    }
+
+    /// An empty set of subscriptions applying events to the circulation database.
+    pub(crate) fn subscriptions(&self, consumer: &str) -> Subscriptions {
+        Subscriptions::new(consumer, self.db.clone(), self.outbox.clone())
     }
 
     /// Borrows `requested` copies of `book_id` for `user_id`.
@@ -379,20 +384,15 @@ impl Circulation {
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
-    pub async fn activate(&self, reserved: StockReserved, meta: EventMeta) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !meta.claim(&txn).await? {
-            return Ok(());
-        }
+    pub async fn activate(&self, txn: &DatabaseTransaction, reserved: StockReserved) -> Result<(), HandleError> {
         let activated = loans::Entity::update_many()
             .col_expr(loans::Column::Status, Expr::val(LoanStatus::Active.as_str()))
             .col_expr(loans::Column::UpdatedAt, Expr::val(Utc::now()))
             .filter(loans::Column::Id.eq(&reserved.loan_id))
             .filter(loans::Column::Status.eq(LoanStatus::Pending.as_str()))
-            .exec(&txn)
+            .exec(txn)
             .await?
             .rows_affected;
-        txn.commit().await?;
         if activated == 1 {
             tracing::info!(loan_id = %reserved.loan_id, "loan active");
             self.audit.record(
@@ -410,16 +410,12 @@ impl Circulation {
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
-    pub async fn cancel(&self, refused: OutOfStock, meta: EventMeta) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !meta.claim(&txn).await? {
+    pub async fn cancel(&self, txn: &DatabaseTransaction, refused: OutOfStock) -> Result<(), HandleError> {
+        let Some(loan) = lock_loan(txn, &refused.loan_id).await? else {
             return Ok(());
-        }
-        let Some(loan) = lock_loan(&txn, &refused.loan_id).await? else {
-            return Ok(txn.commit().await?);
         };
         if status_of(&loan) != LoanStatus::Pending {
-            return Ok(txn.commit().await?);
+            return Ok(());
         }
         let reason = format!(
             "{} (requested {}, available {})",
@@ -430,8 +426,8 @@ impl Circulation {
         active.status = Set(LoanStatus::Canceled.as_str().to_owned());
         active.cancel_reason = Set(Some(reason.clone()));
         active.updated_at = Set(now);
-        active.update(&txn).await?;
-        add_outstanding(&txn, &loan.user_id, -loan.quantity).await?;
+        active.update(txn).await?;
+        add_outstanding(txn, &loan.user_id, -loan.quantity).await?;
         let canceled = LoanCanceled {
             event_id: new_id(),
             occurred_at: Some(to_timestamp(now)),
@@ -441,8 +437,7 @@ impl Circulation {
             quantity: loan.quantity,
             reason: reason.clone(),
         };
-        self.outbox.enqueue(&txn, &canceled).await?;
-        self.outbox.commit(txn).await?;
+        self.outbox.enqueue(txn, &canceled).await?;
         tracing::info!(loan_id = %loan.id, %reason, "loan canceled");
         self.audit
             .record("canceled", &loan.id, &loan.user_id, json!({"reason": reason}));

@@ -10,15 +10,16 @@ pub const SAGA_QUEUE: &str = "borrow-svc.saga";
 
 /// Every event borrow-svc consumes, in one place.
 pub fn subscriptions(circulation: Circulation) -> Subscriptions {
-    let (on_reserved, on_refused) = (circulation.clone(), circulation);
-    Subscriptions::new("borrow-svc")
-        .on::<StockReserved, _, _>(move |event, meta| {
+    let (on_reserved, on_refused) = (circulation.clone(), circulation.clone());
+    circulation
+        .subscriptions("borrow-svc")
+        .on::<StockReserved, _>(move |event, _, txn| {
             let circulation = on_reserved.clone();
-            async move { circulation.activate(event, meta).await }
+            Box::pin(async move { circulation.activate(txn, event).await })
         })
-        .on::<OutOfStock, _, _>(move |event, meta| {
+        .on::<OutOfStock, _>(move |event, _, txn| {
             let circulation = on_refused.clone();
-            async move { circulation.cancel(event, meta).await }
+            Box::pin(async move { circulation.cancel(txn, event).await })
         })
 }
 

@@ -15,7 +15,7 @@ pub const PROJECTION_QUEUE: &str = "dashboard-svc.projection";
 /// Every event dashboard-svc consumes, in one place: copies borrowed count up until they are
 /// returned or the loan is canceled; fees add up.
 pub fn subscriptions(dashboards: Dashboards) -> Subscriptions {
-    let subscriptions = Subscriptions::new("dashboard-svc");
+    let subscriptions = dashboards.subscriptions("dashboard-svc");
     let subscriptions = project(subscriptions, &dashboards, |e: &BookBorrowed| {
         (e.user_id.clone(), copies(e.quantity))
     });
@@ -50,10 +50,10 @@ fn project<E: DomainEvent>(
     change_of: fn(&E) -> (String, Change),
 ) -> Subscriptions {
     let dashboards = dashboards.clone();
-    subscriptions.on::<E, _, _>(move |event, meta| {
+    subscriptions.on::<E, _>(move |event, _, txn| {
         let dashboards = dashboards.clone();
         let (user_id, change) = change_of(&event);
-        async move { dashboards.apply(&user_id, change, meta).await }
+        Box::pin(async move { dashboards.apply(txn, &user_id, change).await })
     })
 }
 

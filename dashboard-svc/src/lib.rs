@@ -26,6 +26,7 @@ use library_platform::{CancellationToken, TaskTracker};
 use library_proto::dashboard::dashboard_service_server::{DashboardServiceServer, SERVICE_NAME};
 use tokio::net::TcpListener;
 
+pub use events::subscriptions;
 pub use projection::{Change, Dashboards};
 pub use store::Migrator;
 

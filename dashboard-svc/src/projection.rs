@@ -1,11 +1,11 @@
 //! The projection: each event adds to a reader's counters, once. Additions commute, so the
 //! order in which events arrive does not change where the dashboard ends.
 use chrono::Utc;
-use library_platform::bus::{EventMeta, HandleError, Outbox};
+use library_platform::bus::{HandleError, Outbox, Subscriptions};
 use library_proto::events::DashboardUpdated;
 use library_proto::time::to_timestamp;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
-use sea_orm::{DatabaseConnection, DbErr, EntityTrait, Set, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, Set};
 use uuid::Uuid;
 
 use crate::store::{self, Column, Entity};
@@ -31,6 +31,11 @@ impl Dashboards {
         Self { db, outbox }
     }
 
+    /// An empty set of subscriptions applying events to the read model's database.
+    pub fn subscriptions(&self, consumer: &str) -> Subscriptions {
+        Subscriptions::new(consumer, self.db.clone(), self.outbox.clone())
+    }
+
     /// A reader's dashboard; all zero before the first event about them.
     ///
     /// # Errors
@@ -48,16 +53,12 @@ impl Dashboards {
             }))
     }
 
-    /// Applies `change` to `user_id`'s dashboard once per event, and announces the new value
+    /// Applies `change` to `user_id`'s dashboard inside the consumer's transaction, and announces the new value
     /// (`DashboardUpdated`) so every replica's watchers see it.
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
-    pub async fn apply(&self, user_id: &str, change: Change, meta: EventMeta) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !meta.claim(&txn).await? {
-            return Ok(());
-        }
+    pub async fn apply(&self, txn: &DatabaseTransaction, user_id: &str, change: Change) -> Result<(), HandleError> {
         let excluded = Alias::new("excluded");
         let upsert = Entity::insert(store::ActiveModel {
             user_id: Set(user_id.to_owned()),
@@ -81,9 +82,9 @@ impl Dashboards {
                 .value(Column::UpdatedAt, Expr::col((excluded, Column::UpdatedAt)))
                 .to_owned(),
         );
-        upsert.exec(&txn).await?;
+        upsert.exec(txn).await?;
         let now = Entity::find_by_id(user_id)
-            .one(&txn)
+            .one(txn)
             .await?
             .ok_or(DbErr::RecordNotFound(user_id.to_owned()))?;
         let updated = DashboardUpdated {
@@ -94,8 +95,7 @@ impl Dashboards {
             late_fee_total: now.late_fee_total,
             version: now.version,
         };
-        self.outbox.enqueue(&txn, &updated).await?;
-        self.outbox.commit(txn).await?;
+        self.outbox.enqueue(txn, &updated).await?;
         tracing::debug!(%user_id, borrowed_count = now.borrowed_count, late_fee_total = now.late_fee_total, "dashboard updated");
         Ok(())
     }

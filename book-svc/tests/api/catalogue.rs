@@ -5,7 +5,7 @@ use library_proto::book::{
 use library_proto::events::BookBorrowed;
 use tonic::Code;
 
-use crate::helpers::{delivery, spawn_app};
+use crate::helpers::spawn_app;
 
 fn create(title: &str, author: &str, copies: i32) -> CreateBookRequest {
     CreateBookRequest {
@@ -107,10 +107,7 @@ async fn copies_on_loan_block_removal_and_shrinking_below_them() {
         quantity: 3,
         ..Default::default()
     };
-    app.catalog
-        .reserve_for_loan(borrowed.clone(), delivery(&borrowed.event_id))
-        .await
-        .unwrap();
+    app.deliver(&borrowed).await.unwrap();
 
     let status = client
         .delete_book(DeleteBookRequest { id: book.id.clone() })

@@ -1,13 +1,14 @@
 //! A book-svc on port 0 over a fresh PostgreSQL database and fresh broker names.
 use clap::Parser;
-use library_platform::bus::{EventBus, EventMeta};
+use library_platform::bus::{EventBus, EventEnvelope, Subscriptions};
 use library_platform::test_support::{amqp_url, fresh_bus_names, fresh_postgres_database, init_tracing};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::book::book_service_client::BookServiceClient;
 use tonic::transport::Channel;
 
 pub struct App {
-    pub catalog: book_svc::Catalog,
+    /// What the saga consumer applies: tests deliver events through it by hand.
+    pub saga: Subscriptions,
     pub port: u16,
     shutdown: CancellationToken,
 }
@@ -39,20 +40,14 @@ pub async fn spawn_app() -> App {
     let app = book_svc::Application::build(&config, bus, shutdown.clone())
         .await
         .expect("book-svc builds");
-    let (catalog, port) = (app.catalog(), app.port());
+    let (saga, port) = (app.subscriptions(), app.port());
     TaskTracker::new().spawn(async move { app.run_until_stopped().await.expect("book-svc runs") });
-    App {
-        catalog,
-        port,
-        shutdown,
-    }
+    App { saga, port, shutdown }
 }
 
-/// The delivery of one event to book-svc's saga consumer.
-pub fn delivery(event_id: &str) -> EventMeta {
-    EventMeta {
-        consumer: "book-svc".into(),
-        event_id: event_id.to_owned(),
-        occurred_at: chrono::Utc::now(),
+impl App {
+    /// Delivers `event` to the saga consumer, as the bus would.
+    pub async fn deliver<E: library_proto::DomainEvent>(&self, event: &E) -> Result<(), String> {
+        self.saga.apply(&EventEnvelope::of(event)).await
     }
 }

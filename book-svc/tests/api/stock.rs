@@ -1,10 +1,9 @@
 //! book-svc's side of the saga: reservations and releases, once each, never below zero.
 use futures::future::join_all;
-use library_platform::bus::HandleError;
 use library_proto::book::{CreateBookRequest, GetBookRequest};
-use library_proto::events::{BookBorrowed, BookReturned};
+use library_proto::events::{BookBorrowed, BookReturned, LoanCanceled};
 
-use crate::helpers::{App, delivery, spawn_app};
+use crate::helpers::{App, spawn_app};
 
 fn borrowed(book_id: &str, quantity: i32) -> BookBorrowed {
     BookBorrowed {
@@ -42,12 +41,7 @@ async fn fifty_concurrent_reservations_of_one_copy_against_ten_reserve_exactly_t
     let app = spawn_app().await;
     let id = book_with(&app, 10).await;
     let events: Vec<BookBorrowed> = (0..50).map(|_| borrowed(&id, 1)).collect();
-    let outcomes = join_all(
-        events
-            .iter()
-            .map(|e| app.catalog.reserve_for_loan(e.clone(), delivery(&e.event_id))),
-    )
-    .await;
+    let outcomes = join_all(events.iter().map(|e| app.deliver(e))).await;
     assert!(outcomes.iter().all(Result::is_ok));
     assert_eq!(available(&app, &id).await, 0, "10 reserved, never below zero");
 
@@ -60,10 +54,7 @@ async fn fifty_concurrent_reservations_of_one_copy_against_ten_reserve_exactly_t
             quantity: 1,
             ..Default::default()
         };
-        app.catalog
-            .release_for_loan(&returned.loan_id, 1, delivery(&returned.event_id))
-            .await
-            .unwrap();
+        app.deliver(&returned).await.unwrap();
     }
     assert_eq!(
         available(&app, &id).await,
@@ -78,10 +69,7 @@ async fn the_same_event_delivered_twice_takes_effect_once() {
     let id = book_with(&app, 5).await;
     let event = borrowed(&id, 2);
     for _ in 0..2 {
-        app.catalog
-            .reserve_for_loan(event.clone(), delivery(&event.event_id))
-            .await
-            .unwrap();
+        app.deliver(&event).await.unwrap();
     }
     assert_eq!(available(&app, &id).await, 3);
     // Even under another event id, a second reservation for the same loan is refused whole
@@ -90,19 +78,19 @@ async fn the_same_event_delivered_twice_takes_effect_once() {
         event_id: uuid::Uuid::now_v7().to_string(),
         ..event.clone()
     };
-    let outcome = app
-        .catalog
-        .reserve_for_loan(replay.clone(), delivery(&replay.event_id))
-        .await;
-    assert!(matches!(outcome, Err(HandleError::Failed(_))), "{outcome:?}");
+    let outcome = app.deliver(&replay).await;
+    assert!(outcome.is_err(), "{outcome:?}");
     assert_eq!(available(&app, &id).await, 3);
 
-    let release_id = uuid::Uuid::now_v7().to_string();
+    let returned = BookReturned {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        loan_id: event.loan_id.clone(),
+        book_id: id.clone(),
+        quantity: 2,
+        ..Default::default()
+    };
     for _ in 0..2 {
-        app.catalog
-            .release_for_loan(&event.loan_id, 2, delivery(&release_id))
-            .await
-            .unwrap();
+        app.deliver(&returned).await.unwrap();
     }
     assert_eq!(available(&app, &id).await, 5);
 }
@@ -112,20 +100,18 @@ async fn an_unknown_book_or_too_few_copies_answer_out_of_stock_without_touching_
     let app = spawn_app().await;
     let id = book_with(&app, 2).await;
     let too_many = borrowed(&id, 3);
-    app.catalog
-        .reserve_for_loan(too_many.clone(), delivery(&too_many.event_id))
-        .await
-        .unwrap();
+    app.deliver(&too_many).await.unwrap();
     let unknown = borrowed(&uuid::Uuid::new_v4().to_string(), 1);
-    app.catalog
-        .reserve_for_loan(unknown.clone(), delivery(&unknown.event_id))
-        .await
-        .unwrap();
+    app.deliver(&unknown).await.unwrap();
     assert_eq!(available(&app, &id).await, 2);
     // A cancellation of a loan that never held copies releases nothing.
-    app.catalog
-        .release_for_loan(&too_many.loan_id, 3, delivery(&uuid::Uuid::now_v7().to_string()))
-        .await
-        .unwrap();
+    let canceled = LoanCanceled {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        loan_id: too_many.loan_id.clone(),
+        book_id: id.clone(),
+        quantity: 3,
+        ..Default::default()
+    };
+    app.deliver(&canceled).await.unwrap();
     assert_eq!(available(&app, &id).await, 2);
 }

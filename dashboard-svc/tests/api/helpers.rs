@@ -1,13 +1,14 @@
 //! A dashboard-svc on port 0 over a fresh PostgreSQL database and fresh broker names.
 use clap::Parser;
-use library_platform::bus::{EventBus, EventMeta};
+use library_platform::bus::{EventBus, EventEnvelope, Subscriptions};
 use library_platform::test_support::{amqp_url, fresh_bus_names, fresh_postgres_database, init_tracing};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::dashboard::dashboard_service_client::DashboardServiceClient;
 use tonic::transport::Channel;
 
 pub struct App {
-    pub dashboards: dashboard_svc::Dashboards,
+    /// What the projection consumer applies: tests deliver events through it by hand.
+    pub projection: Subscriptions,
     pub port: u16,
     shutdown: CancellationToken,
 }
@@ -44,19 +45,22 @@ pub async fn spawn_app() -> App {
     let app = dashboard_svc::Application::build(&config, bus, shutdown.clone())
         .await
         .expect("builds");
-    let (dashboards, port) = (app.dashboards(), app.port());
+    let (projection, port) = (dashboard_svc::subscriptions(app.dashboards()), app.port());
     TaskTracker::new().spawn(async move { app.run_until_stopped().await.expect("runs") });
     App {
-        dashboards,
+        projection,
         port,
         shutdown,
     }
 }
 
-pub fn delivery() -> EventMeta {
-    EventMeta {
-        consumer: "dashboard-svc".into(),
-        event_id: uuid::Uuid::now_v7().to_string(),
-        occurred_at: chrono::Utc::now(),
+impl App {
+    /// Delivers `event` to the projection, as the bus would.
+    pub async fn deliver<E: library_proto::DomainEvent>(&self, event: &E) {
+        self.projection.apply(&EventEnvelope::of(event)).await.expect("applied");
     }
+}
+
+pub fn id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }

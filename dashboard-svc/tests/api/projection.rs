@@ -3,11 +3,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use library_proto::dashboard::{GetDashboardRequest, WatchDashboardRequest};
+use library_proto::events::{BookBorrowed, BookReturned, LateFeeCharged};
 
-use crate::helpers::{delivery, spawn_app};
-use dashboard_svc::Change;
+use crate::helpers::{App, id, spawn_app};
 
-async fn dashboard(app: &crate::helpers::App, user: &str) -> (i32, i64) {
+async fn dashboard(app: &App, user: &str) -> (i32, i64) {
     let d = app
         .client()
         .await
@@ -18,6 +18,34 @@ async fn dashboard(app: &crate::helpers::App, user: &str) -> (i32, i64) {
     (d.borrowed_count, d.late_fee_total)
 }
 
+fn borrowed(user: &str, quantity: i32) -> BookBorrowed {
+    BookBorrowed {
+        event_id: id(),
+        user_id: user.into(),
+        loan_id: id(),
+        quantity,
+        ..Default::default()
+    }
+}
+
+fn returned(user: &str, quantity: i32) -> BookReturned {
+    BookReturned {
+        event_id: id(),
+        user_id: user.into(),
+        quantity,
+        ..Default::default()
+    }
+}
+
+fn charged(user: &str, amount: i64) -> LateFeeCharged {
+    LateFeeCharged {
+        event_id: id(),
+        user_id: user.into(),
+        amount,
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn the_seeds_example_borrow_4_return_3_with_a_500_fee_shows_1_and_500() {
     let app = spawn_app().await;
@@ -26,79 +54,30 @@ async fn the_seeds_example_borrow_4_return_3_with_a_500_fee_shows_1_and_500() {
         (0, 0),
         "a reader with no event has an all-zero dashboard"
     );
-    app.dashboards
-        .apply(
-            "ana",
-            Change {
-                borrowed: 4,
-                late_fee: 0,
-            },
-            delivery(),
-        )
-        .await
-        .unwrap();
-    app.dashboards
-        .apply(
-            "ana",
-            Change {
-                borrowed: -3,
-                late_fee: 0,
-            },
-            delivery(),
-        )
-        .await
-        .unwrap();
-    app.dashboards
-        .apply(
-            "ana",
-            Change {
-                borrowed: 0,
-                late_fee: 500,
-            },
-            delivery(),
-        )
-        .await
-        .unwrap();
+    app.deliver(&borrowed("ana", 4)).await;
+    app.deliver(&returned("ana", 3)).await;
+    app.deliver(&charged("ana", 500)).await;
     assert_eq!(dashboard(&app, "ana").await, (1, 500));
 }
 
 #[tokio::test]
 async fn an_event_applied_twice_counts_once_and_order_does_not_matter() {
     let app = spawn_app().await;
-    let borrowed = delivery();
-    let returned = delivery();
-    // The return arrives before the borrow, and each is delivered twice.
-    for meta in [&returned, &returned, &borrowed, &borrowed] {
-        let change = if meta.event_id == borrowed.event_id {
-            Change {
-                borrowed: 2,
-                late_fee: 0,
-            }
-        } else {
-            Change {
-                borrowed: -2,
-                late_fee: 1000,
-            }
-        };
-        app.dashboards.apply("bo", change, meta.clone()).await.unwrap();
-    }
+    let (borrow, back, fee) = (borrowed("bo", 2), returned("bo", 2), charged("bo", 1000));
+    // The return and its fee arrive before the borrow, and each is delivered twice.
+    app.deliver(&back).await;
+    app.deliver(&fee).await;
+    app.deliver(&back).await;
+    app.deliver(&borrow).await;
+    app.deliver(&fee).await;
+    app.deliver(&borrow).await;
     assert_eq!(dashboard(&app, "bo").await, (0, 1000));
 }
 
 #[tokio::test]
 async fn a_watcher_gets_the_current_value_then_each_change() {
     let app = spawn_app().await;
-    app.dashboards
-        .apply(
-            "cy",
-            Change {
-                borrowed: 1,
-                late_fee: 0,
-            },
-            delivery(),
-        )
-        .await
-        .unwrap();
+    app.deliver(&borrowed("cy", 1)).await;
     let mut stream = app
         .client()
         .await
@@ -108,28 +87,8 @@ async fn a_watcher_gets_the_current_value_then_each_change() {
         .into_inner();
     let first = stream.next().await.expect("current value").unwrap();
     assert_eq!(first.borrowed_count, 1);
-    app.dashboards
-        .apply(
-            "dan",
-            Change {
-                borrowed: 9,
-                late_fee: 0,
-            },
-            delivery(),
-        )
-        .await
-        .unwrap();
-    app.dashboards
-        .apply(
-            "cy",
-            Change {
-                borrowed: 2,
-                late_fee: 0,
-            },
-            delivery(),
-        )
-        .await
-        .unwrap();
+    app.deliver(&borrowed("dan", 9)).await;
+    app.deliver(&borrowed("cy", 2)).await;
     let next = tokio::time::timeout(Duration::from_secs(20), stream.next())
         .await
         .expect("a change arrives")
@@ -138,6 +97,6 @@ async fn a_watcher_gets_the_current_value_then_each_change() {
     assert_eq!(
         (next.user_id.as_str(), next.borrowed_count),
         ("cy", 3),
-        "only this reader's changes"
+        "only this reader's changes, newest"
     );
 }

@@ -1,18 +1,25 @@
-//! Consuming: routing a delivery to its handler, de-duplication, retries and dead-lettering.
-//! Shared by both transports so they behave the same.
+//! Consuming: routing deliveries to their handlers inside one transaction per batch, with
+//! de-duplication, retries and dead-lettering. Shared by both transports so they behave the same.
+//!
+//! A batch of deliveries is applied in one transaction: each event is claimed in
+//! `processed_events` (a duplicate is skipped) and handed to its handler with the transaction;
+//! one commit covers them all, and only then are they acknowledged. Committing once per batch
+//! instead of once per event is what lets a consumer keep up with a busy producer, and makes
+//! events about one hot row (a popular book) queue on its lock once per batch, not once each. If
+//! any event of a batch fails, the batch rolls back and each event is applied alone, with
+//! retries, so one bad event never holds the others back.
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use library_proto::DomainEvent;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
-use sea_orm::{ConnectionTrait, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use tracing::Instrument;
 
-use super::EventEnvelope;
 use super::outbox::ProcessedEvents;
+use super::{EventEnvelope, Outbox};
 
 /// Attempts before a failing message goes to the dead-letter queue.
 const MAX_ATTEMPTS: u32 = 5;
@@ -44,16 +51,26 @@ pub struct EventMeta {
 }
 
 impl EventMeta {
-    /// Records that this consumer processed this event, inside the handler's transaction.
-    /// Returns `false` when it already did: the handler must then change nothing.
+    /// Records that this consumer processed this event, inside the transaction that applies it.
+    /// Returns `false` when it already did: nothing must then change.
     ///
     /// # Errors
     /// The insert failed.
     pub async fn claim(&self, txn: &impl ConnectionTrait) -> Result<bool, DbErr> {
         let insert = Query::insert()
             .into_table(ProcessedEvents::Table)
-            .columns([ProcessedEvents::Consumer, ProcessedEvents::EventId])
-            .values_panic([self.consumer.as_ref().into(), self.event_id.as_str().into()])
+            // The time is written by us, not the database's default, so that it compares with
+            // the pruning cutoff in the same format on SQLite as on PostgreSQL.
+            .columns([
+                ProcessedEvents::Consumer,
+                ProcessedEvents::EventId,
+                ProcessedEvents::ProcessedAt,
+            ])
+            .values_panic([
+                self.consumer.as_ref().into(),
+                self.event_id.as_str().into(),
+                chrono::Utc::now().into(),
+            ])
             .on_conflict(
                 OnConflict::columns([ProcessedEvents::Consumer, ProcessedEvents::EventId])
                     .do_nothing()
@@ -80,42 +97,59 @@ pub async fn prune_processed_events(conn: &impl ConnectionTrait, retention: Dura
     Ok(conn.execute(&delete).await?.rows_affected())
 }
 
-type Handler = Arc<dyn Fn(Vec<u8>, EventMeta) -> BoxFuture<'static, Result<(), HandleError>> + Send + Sync>;
+/// An event handler: applies one event inside the consumer's transaction (it must not commit).
+type Handler = Arc<
+    dyn for<'a> Fn(Vec<u8>, EventMeta, &'a DatabaseTransaction) -> BoxFuture<'a, Result<(), HandleError>> + Send + Sync,
+>;
 
-/// One consumer's handlers, keyed by routing key: what it subscribes to, listed in one place.
+/// One consumer's handlers, keyed by routing key: what it subscribes to, listed in one place,
+/// and the database its effects and processed-event records go to.
 pub struct Subscriptions {
     consumer: Arc<str>,
+    db: DatabaseConnection,
+    /// Woken after each commit, for the events handlers wrote.
+    outbox: Outbox,
     handlers: HashMap<&'static str, Handler>,
 }
 
 impl Subscriptions {
-    /// An empty set for the consumer `consumer` (e.g. `book-svc`).
-    pub fn new(consumer: &str) -> Self {
+    /// An empty set for the consumer `consumer` (e.g. `book-svc`) applying events to `db`;
+    /// handlers write their own events through `outbox`.
+    pub fn new(consumer: &str, db: DatabaseConnection, outbox: Outbox) -> Self {
         Self {
             consumer: consumer.into(),
+            db,
+            outbox,
             handlers: HashMap::new(),
         }
     }
 
-    /// Handles events of type `E` with `handler`.
+    /// Handles events of type `E` with `handler`, which applies one event inside the given
+    /// transaction and must not commit it.
     #[must_use]
-    pub fn on<E, F, Fut>(mut self, handler: F) -> Self
+    pub fn on<E, F>(mut self, handler: F) -> Self
     where
         E: DomainEvent,
-        F: Fn(E, EventMeta) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
+        F: for<'a> Fn(E, EventMeta, &'a DatabaseTransaction) -> BoxFuture<'a, Result<(), HandleError>>
+            + Send
+            + Sync
+            + 'static,
     {
         let handler = Arc::new(handler);
-        let erased: Handler = Arc::new(move |payload: Vec<u8>, meta: EventMeta| {
-            let handler = handler.clone();
-            Box::pin(async move {
-                let event = E::decode(payload.as_slice())
-                    .map_err(|e| HandleError::Malformed(format!("{} does not decode: {e}", E::NAME)))?;
-                if event.event_id() != meta.event_id {
-                    return Err(HandleError::Malformed("message_id differs from the event's id".into()));
-                }
-                handler(event, meta).await
-            })
+        let erased: Handler = Arc::new(move |payload: Vec<u8>, meta: EventMeta, txn: &DatabaseTransaction| {
+            let decoded = E::decode(payload.as_slice())
+                .map_err(|e| HandleError::Malformed(format!("{} does not decode: {e}", E::NAME)))
+                .and_then(|event| {
+                    if event.event_id() == meta.event_id {
+                        Ok(event)
+                    } else {
+                        Err(HandleError::Malformed("message_id differs from the event's id".into()))
+                    }
+                });
+            match decoded {
+                Ok(event) => handler(event, meta, txn),
+                Err(error) => Box::pin(async move { Err(error) }),
+            }
         });
         self.handlers.insert(E::ROUTING_KEY, erased);
         self
@@ -126,9 +160,65 @@ impl Subscriptions {
         self.handlers.keys().map(|k| (*k).to_owned()).collect()
     }
 
-    /// Applies one delivery, retrying failures with backoff. `Err` carries the reason to put on
-    /// the dead-letter queue.
-    pub(super) async fn dispatch(&self, envelope: &EventEnvelope) -> Result<(), String> {
+    fn meta_of(&self, envelope: &EventEnvelope) -> EventMeta {
+        EventMeta {
+            consumer: self.consumer.clone(),
+            event_id: envelope.event_id.clone(),
+            occurred_at: envelope.occurred_at,
+        }
+    }
+
+    /// Applies one delivery (with retries). `Err` carries the reason to put on the dead-letter
+    /// queue. Also how a test or a tool replays one event.
+    pub async fn apply(&self, envelope: &EventEnvelope) -> Result<(), String> {
+        self.dispatch_batch(std::slice::from_ref(envelope)).await.remove(0)
+    }
+
+    /// Applies a batch of deliveries: one outcome each, in order; `Err` carries the reason to put
+    /// on the dead-letter queue.
+    pub(super) async fn dispatch_batch(&self, batch: &[EventEnvelope]) -> Vec<Result<(), String>> {
+        let mut outcomes: Vec<Option<Result<(), String>>> =
+            batch.iter().map(|e| self.precheck(e).err().map(Err)).collect();
+        let valid: Vec<usize> = (0..batch.len()).filter(|i| outcomes[*i].is_none()).collect();
+        if valid.len() > 1 {
+            let span = tracing::info_span!("consume_batch", consumer = %self.consumer, size = valid.len());
+            let together = self.apply_together(batch, &valid).instrument(span).await;
+            if together.is_ok() {
+                for i in &valid {
+                    outcomes[*i] = Some(Ok(()));
+                }
+            }
+        }
+        for i in valid {
+            if outcomes[i].is_none() {
+                outcomes[i] = Some(self.apply_alone(&batch[i]).await);
+            }
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect()
+    }
+
+    fn precheck(&self, envelope: &EventEnvelope) -> Result<(), String> {
+        if !self.handlers.contains_key(envelope.routing_key.as_str()) {
+            return Err(format!("no handler for routing key `{}`", envelope.routing_key));
+        }
+        if envelope.event_id.is_empty() {
+            return Err("message has no message_id".into());
+        }
+        Ok(())
+    }
+
+    /// Every event of `batch[valid]` in one transaction; any failure rolls all of them back.
+    async fn apply_together(&self, batch: &[EventEnvelope], valid: &[usize]) -> Result<(), HandleError> {
+        let txn = self.db.begin().await?;
+        for i in valid {
+            self.apply_in(&txn, &batch[*i]).await?;
+        }
+        self.outbox.commit(txn).await?;
+        Ok(())
+    }
+
+    /// One event in its own transaction, retried with backoff.
+    async fn apply_alone(&self, envelope: &EventEnvelope) -> Result<(), String> {
         let span = tracing::info_span!(
             "consume",
             consumer = %self.consumer,
@@ -136,36 +226,46 @@ impl Subscriptions {
             event_id = %envelope.event_id,
         );
         crate::telemetry::set_parent_from_traceparent(&span, envelope.traceparent.as_deref());
-        self.dispatch_with_retries(envelope).instrument(span).await
-    }
-
-    async fn dispatch_with_retries(&self, envelope: &EventEnvelope) -> Result<(), String> {
-        let Some(handler) = self.handlers.get(envelope.routing_key.as_str()) else {
-            return Err(format!("no handler for routing key `{}`", envelope.routing_key));
-        };
-        if envelope.event_id.is_empty() {
-            return Err("message has no message_id".into());
-        }
-        let meta = EventMeta {
-            consumer: self.consumer.clone(),
-            event_id: envelope.event_id.clone(),
-            occurred_at: envelope.occurred_at,
-        };
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=MAX_ATTEMPTS {
-            match handler(envelope.payload.clone(), meta.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(HandleError::Malformed(reason)) => return Err(reason),
-                Err(HandleError::Failed(reason)) if attempt == MAX_ATTEMPTS => {
-                    return Err(format!("failed {MAX_ATTEMPTS} times, last: {reason}"));
+        async {
+            let mut delay = Duration::from_millis(50);
+            let mut attempt = 1;
+            loop {
+                let outcome = async {
+                    let txn = self.db.begin().await?;
+                    self.apply_in(&txn, envelope).await?;
+                    self.outbox.commit(txn).await?;
+                    Ok::<(), HandleError>(())
                 }
-                Err(HandleError::Failed(reason)) => {
-                    tracing::warn!(attempt, %reason, "event handler failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                .await;
+                match outcome {
+                    Ok(()) => return Ok(()),
+                    Err(HandleError::Malformed(reason)) => return Err(reason),
+                    Err(HandleError::Failed(reason)) if attempt >= MAX_ATTEMPTS => {
+                        return Err(format!("failed {MAX_ATTEMPTS} times, last: {reason}"));
+                    }
+                    Err(HandleError::Failed(reason)) => {
+                        tracing::warn!(attempt, %reason, "event handler failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                        attempt += 1;
+                    }
                 }
             }
         }
-        unreachable!("the last attempt returns")
+        .instrument(span)
+        .await
+    }
+
+    /// Claims and applies one event inside `txn`; a duplicate changes nothing.
+    async fn apply_in(&self, txn: &DatabaseTransaction, envelope: &EventEnvelope) -> Result<(), HandleError> {
+        let meta = self.meta_of(envelope);
+        if !meta.claim(txn).await? {
+            return Ok(());
+        }
+        let handler = self
+            .handlers
+            .get(envelope.routing_key.as_str())
+            .ok_or_else(|| HandleError::Malformed(format!("no handler for `{}`", envelope.routing_key)))?;
+        handler(envelope.payload.clone(), meta, txn).await
     }
 }

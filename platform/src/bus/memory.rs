@@ -94,6 +94,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Deliveries applied in one transaction at most.
+const BATCH: usize = 64;
+
 pub(super) async fn consume(
     bus: Arc<MemoryBus>,
     queue: String,
@@ -102,20 +105,31 @@ pub(super) async fn consume(
     shutdown: CancellationToken,
 ) {
     loop {
-        let delivery = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             delivery = receiver.recv() => match delivery { Some(d) => d, None => break },
         };
-        if let Err(error) = subscriptions.dispatch(&delivery.envelope).await {
-            tracing::error!(%queue, event_id = %delivery.envelope.event_id, %error, "event dead-lettered");
-            lock(&bus.dead_letters).push(DeadLetter {
-                queue: queue.clone(),
-                envelope: delivery.envelope,
-                error,
-            });
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match receiver.try_recv() {
+                Ok(delivery) => batch.push(delivery),
+                Err(_) => break,
+            }
         }
-        if let Some(done) = delivery.done {
-            let _ = done.send(());
+        let envelopes: Vec<EventEnvelope> = batch.iter().map(|d| d.envelope.clone()).collect();
+        let outcomes = subscriptions.dispatch_batch(&envelopes).await;
+        for (delivery, outcome) in batch.into_iter().zip(outcomes) {
+            if let Err(error) = outcome {
+                tracing::error!(%queue, event_id = %delivery.envelope.event_id, %error, "event dead-lettered");
+                lock(&bus.dead_letters).push(DeadLetter {
+                    queue: queue.clone(),
+                    envelope: delivery.envelope,
+                    error,
+                });
+            }
+            if let Some(done) = delivery.done {
+                let _ = done.send(());
+            }
         }
     }
 }

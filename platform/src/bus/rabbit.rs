@@ -25,11 +25,13 @@ use tokio_util::sync::CancellationToken;
 use super::{BusError, BusNames, EventEnvelope, Subscriptions};
 
 /// Deliveries one consumer holds unacknowledged.
-const PREFETCH: u16 = 64;
-/// Deliveries one consumer applies at once. Well below the database pool (16): handlers that
-/// queue on one hot row (a popular book) each hold a connection while they wait, and the
-/// service's gRPC reads must still find one.
-const HANDLERS: usize = 6;
+const PREFETCH: u16 = 128;
+/// Deliveries applied in one transaction at most.
+const BATCH: usize = 64;
+/// Batches one consumer applies at once. Well below the database pool (16): a batch queued on
+/// one hot row (a popular book) holds a connection while it waits, and the service's gRPC reads
+/// must still find one.
+const BATCHES_IN_FLIGHT: usize = 2;
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 const PERSISTENT: u8 = 2;
 
@@ -324,14 +326,28 @@ async fn consume_session(
         .await?;
     tracing::info!(%queue, "consuming");
     let dlx = bus.names.dead_letter_exchange();
-    // Stop taking deliveries at shutdown; those in flight finish and are acknowledged.
+    // Stop taking deliveries at shutdown; those in flight finish and are acknowledged. Whatever
+    // has arrived is applied as one batch (one transaction), up to BATCH at a time.
     consumer
         .take_until(shutdown.clone().cancelled_owned())
-        .try_for_each_concurrent(HANDLERS, |delivery| {
-            let channel = &channel;
-            let dlx = dlx.as_str();
-            async move { settle(channel, dlx, queue, subscriptions, delivery).await }
+        .ready_chunks(BATCH)
+        .map(|chunk| {
+            let (channel, dlx) = (&channel, dlx.as_str());
+            async move {
+                let mut deliveries = Vec::with_capacity(chunk.len());
+                let mut broken = None;
+                for item in chunk {
+                    match item {
+                        Ok(delivery) => deliveries.push(delivery),
+                        Err(error) => broken = Some(error),
+                    }
+                }
+                settle(channel, dlx, queue, subscriptions, deliveries).await?;
+                broken.map_or(Ok(()), Err)
+            }
         })
+        .buffer_unordered(BATCHES_IN_FLIGHT)
+        .try_for_each(|()| futures::future::ready(Ok(())))
         .await?;
     close_if_stopping(&channel, shutdown).await
 }
@@ -347,50 +363,49 @@ async fn close_if_stopping(channel: &Channel, shutdown: &CancellationToken) -> R
     }
 }
 
-/// Applies one delivery and acknowledges it; a message that cannot be applied is re-published to
-/// the dead-letter exchange with its error in `x-error`, then acknowledged.
+/// Applies a batch of deliveries and acknowledges each; a message that cannot be applied is
+/// re-published to the dead-letter exchange with its error in `x-error`, then acknowledged.
 async fn settle(
     channel: &Channel,
     dlx: &str,
     queue: &str,
     subscriptions: &Subscriptions,
-    delivery: Delivery,
+    deliveries: Vec<Delivery>,
 ) -> Result<(), lapin::Error> {
-    let envelope = envelope_of(&delivery);
-    match subscriptions.dispatch(&envelope).await {
-        Ok(()) => {
+    let envelopes: Vec<EventEnvelope> = deliveries.iter().map(envelope_of).collect();
+    let outcomes = subscriptions.dispatch_batch(&envelopes).await;
+    for ((delivery, envelope), outcome) in deliveries.into_iter().zip(envelopes).zip(outcomes) {
+        let Err(error) = outcome else {
             delivery.acker.ack(BasicAckOptions::default()).await?;
-        }
-        Err(error) => {
-            tracing::error!(%queue, event_id = %envelope.event_id, %error, "event dead-lettered");
-            let mut properties = delivery.properties.clone();
-            let mut headers = properties.headers().clone().unwrap_or_default();
-            headers.insert("x-error".into(), AMQPValue::LongString(LongString::from(error)));
-            headers.insert(
-                "x-original-routing-key".into(),
-                AMQPValue::LongString(envelope.routing_key.as_str().into()),
-            );
-            properties = properties.with_headers(headers);
-            let published = channel
-                .basic_publish(
-                    dlx.into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    &delivery.data,
-                    properties,
-                )
-                .await;
-            if published.is_ok() {
-                delivery.acker.ack(BasicAckOptions::default()).await?;
-            } else {
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await?;
-            }
+            continue;
+        };
+        tracing::error!(%queue, event_id = %envelope.event_id, %error, "event dead-lettered");
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert("x-error".into(), AMQPValue::LongString(LongString::from(error)));
+        headers.insert(
+            "x-original-routing-key".into(),
+            AMQPValue::LongString(envelope.routing_key.as_str().into()),
+        );
+        let properties = delivery.properties.clone().with_headers(headers);
+        let published = channel
+            .basic_publish(
+                dlx.into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await;
+        if published.is_ok() {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        } else {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await?;
         }
     }
     Ok(())

@@ -1,9 +1,7 @@
 //! A producer (outbox + relay) and a consumer (an `applied` table written in the handler's
 //! transaction) over a fresh database and fresh broker names per test.
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use library_platform::bus::{BusNames, EventBus, EventMeta, HandleError, Outbox, Relay, Subscriptions, bus_migration};
+use library_platform::bus::{BusNames, EventBus, Outbox, Relay, Subscriptions, bus_migration};
 use library_platform::{CancellationToken, TaskTracker, database, test_support};
 use library_proto::events::StockChanged;
 use sea_orm::sea_query::{ColumnDef, Query, Table};
@@ -91,44 +89,31 @@ pub async fn produce(db: &DatabaseConnection, outbox: &Outbox, count: usize, per
     ids
 }
 
-/// The consuming side: every invocation counted, every application recorded in `applied`.
+/// The consuming side: every application recorded in `applied`, in the consumer's transaction.
 #[derive(Clone)]
 pub struct Consumer {
     pub db: DatabaseConnection,
-    pub invocations: Arc<AtomicUsize>,
 }
 
 impl Consumer {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self {
-            db,
-            invocations: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    /// Applies an event once (claim + effect in one transaction).
-    pub async fn apply(&self, event: &StockChanged, meta: &EventMeta) -> Result<(), HandleError> {
-        self.invocations.fetch_add(1, Ordering::SeqCst);
-        let txn = self.db.begin().await?;
-        if !meta.claim(&txn).await? {
-            return Ok(());
-        }
-        let insert = Query::insert()
-            .into_table(Applied::Table)
-            .columns([Applied::EventId])
-            .values_panic([event.event_id.as_str().into()])
-            .to_owned();
-        txn.execute(&insert).await?;
-        txn.commit().await?;
-        Ok(())
+        Self { db }
     }
 
     pub fn subscriptions(&self) -> Subscriptions {
-        let consumer = self.clone();
-        Subscriptions::new("test-consumer").on::<StockChanged, _, _>(move |event, meta| {
-            let consumer = consumer.clone();
-            async move { consumer.apply(&event, &meta).await }
-        })
+        Subscriptions::new("test-consumer", self.db.clone(), Outbox::default()).on::<StockChanged, _>(
+            |event, _, txn| {
+                Box::pin(async move {
+                    let insert = Query::insert()
+                        .into_table(Applied::Table)
+                        .columns([Applied::EventId])
+                        .values_panic([event.event_id.as_str().into()])
+                        .to_owned();
+                    txn.execute(&insert).await?;
+                    Ok(())
+                })
+            },
+        )
     }
 
     /// (rows in `applied`, distinct event ids among them).
@@ -143,6 +128,24 @@ impl Consumer {
             .expect("count")
             .expect("a row");
         (row.try_get("", "n").expect("n"), row.try_get("", "d").expect("d"))
+    }
+
+    /// Whether `event_id` has been applied.
+    pub async fn has_applied(&self, event_id: &str) -> bool {
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                match self.db.get_database_backend() {
+                    sea_orm::DbBackend::Postgres => "SELECT COUNT(*) AS n FROM applied WHERE event_id = $1",
+                    _ => "SELECT COUNT(*) AS n FROM applied WHERE event_id = ?",
+                },
+                [event_id.into()],
+            ))
+            .await
+            .expect("count")
+            .expect("a row");
+        row.try_get::<i64>("", "n").expect("n") > 0
     }
 }
 

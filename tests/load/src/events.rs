@@ -9,8 +9,8 @@ use anyhow::{Context, anyhow, bail};
 use chrono::Utc;
 use clap::builder::TypedValueParser as _;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use library_platform::bus::{BusNames, EventBus, EventMeta, Outbox, Relay, Subscriptions};
-use library_platform::database::sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbErr, TransactionTrait};
+use library_platform::bus::{BusNames, EventBus, Outbox, Relay, Subscriptions};
+use library_platform::database::sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
 use library_platform::database::{connect_and_migrate, redact};
 use library_proto::events::StockChanged;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
@@ -144,30 +144,13 @@ async fn measure(args: &EventsArgs, db_url: &str, names: BusNames) -> anyhow::Re
     Ok(report)
 }
 
-/// The consumer: claims each event in its own transaction, as a service's handler does.
+/// The consumer: the platform claims each event in the batch's transaction (a duplicate never
+/// reaches the handler); the handler only counts.
 fn subscriptions(db: DatabaseConnection, sink: Arc<Sink>) -> Subscriptions {
-    Subscriptions::new(CONSUMER).on::<StockChanged, _, _>(move |event, meta| {
-        let (db, sink) = (db.clone(), sink.clone());
-        async move {
-            match claim(&db, &meta).await {
-                Ok(fresh) => {
-                    sink.record(&event, fresh);
-                    Ok(())
-                }
-                Err(error) => {
-                    sink.handler_failures.fetch_add(1, Ordering::Relaxed);
-                    Err(error.into())
-                }
-            }
-        }
+    Subscriptions::new(CONSUMER, db, Outbox::default()).on::<StockChanged, _>(move |event, _, _| {
+        sink.record(&event, true);
+        Box::pin(async { Ok(()) })
     })
-}
-
-async fn claim(db: &DatabaseConnection, meta: &EventMeta) -> Result<bool, DbErr> {
-    let txn = db.begin().await?;
-    let fresh = meta.claim(&txn).await?;
-    txn.commit().await?;
-    Ok(fresh)
 }
 
 /// Sends warm-up events until one comes back: the consumer's queue exists and is bound (an event
