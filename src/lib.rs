@@ -108,16 +108,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         _ => EventBus::in_process(),
     };
 
+    // The gateway stops first and drains; only then the services behind it, so a request the
+    // gateway accepted never meets a service that already stopped.
+    let services_stop = CancellationToken::new();
+
     // Build everything first: with the in-process bus, every consumer must be subscribed before
     // any relay publishes.
-    let book = book_svc::Application::build(&configs.book, bus.clone(), shutdown.clone())
+    let book = book_svc::Application::build(&configs.book, bus.clone(), services_stop.clone())
         .await
         .context("book-svc")?;
     configs.borrow.book_svc_url = format!("http://127.0.0.1:{}", book.port());
-    let borrow = borrow_svc::Application::build(&configs.borrow, bus.clone(), shutdown.clone())
+    let borrow = borrow_svc::Application::build(&configs.borrow, bus.clone(), services_stop.clone())
         .await
         .context("borrow-svc")?;
-    let dashboard = dashboard_svc::Application::build(&configs.dashboard, bus.clone(), shutdown.clone())
+    let dashboard = dashboard_svc::Application::build(&configs.dashboard, bus.clone(), services_stop.clone())
         .await
         .context("dashboard-svc")?;
     configs.gateway.book_svc_url = format!("http://127.0.0.1:{}", book.port());
@@ -128,14 +132,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("gateway")?;
 
     announce(&config, &jwt_secret, gateway.port(), bus.is_in_process());
+    let gateway_then_services = async {
+        let served = gateway.run_until_stopped().await;
+        services_stop.cancel();
+        served
+    };
     let outcome = tokio::try_join!(
         book.run_until_stopped(),
         borrow.run_until_stopped(),
         dashboard.run_until_stopped(),
-        gateway.run_until_stopped(),
+        gateway_then_services,
     );
     // One part failing stops the others.
     shutdown.cancel();
+    services_stop.cancel();
     bus.close().await;
     outcome.map(|_| ())
 }

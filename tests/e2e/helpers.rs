@@ -557,6 +557,31 @@ impl System {
         child.kill().await.expect("kill the process");
     }
 
+    /// Sends SIGTERM to one process (e.g. `library`), as Kubernetes does, and waits for it to
+    /// exit; returns its exit status.
+    pub async fn terminate(&self, name: &str, within: Duration) -> std::process::ExitStatus {
+        let mut processes = self.processes.lock().await;
+        let process = processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process named {name}"));
+        let mut child = process.child.take().unwrap_or_else(|| panic!("{name} is not running"));
+        let pid = child.id().expect("a running process has a pid");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "SIGTERM sent to {name}");
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => status.expect("wait for the process"),
+            Err(_) => panic!(
+                "{name} did not exit within {within:?} of SIGTERM; its log:\n{}",
+                log_tail(&process.log, 80)
+            ),
+        }
+    }
+
     /// Starts a stopped process again with the same settings, and waits until it is ready.
     pub async fn start_service(&self, name: &str) {
         {
