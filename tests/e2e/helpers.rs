@@ -582,6 +582,38 @@ impl System {
         }
     }
 
+    /// Starts one more replica of `name` (same database, same broker, its own port given by
+    /// `listen_variable`), as a scaled Deployment would, and waits until it is ready.
+    pub async fn start_replica(&self, name: &str, listen_variable: &str) {
+        {
+            let mut processes = self.processes.lock().await;
+            let original = processes
+                .iter()
+                .find(|p| p.name == name)
+                .unwrap_or_else(|| panic!("no process named {name}"));
+            let port = free_port();
+            let mut env = original.env.clone();
+            for (variable, value) in &mut env {
+                if variable == listen_variable {
+                    *value = format!("127.0.0.1:{port}");
+                }
+            }
+            let replica_name: &'static str = Box::leak(format!("{name}-replica-{}", processes.len()).into_boxed_str());
+            let mut replica = Process {
+                name: replica_name,
+                program: original.program.clone(),
+                env,
+                log: self.dir.join(format!("{replica_name}.log")),
+                grpc_port: Some(port),
+                child: None,
+            };
+            let mut janitor = self.janitor.lock().expect("janitor");
+            replica.spawn(&self.dir, &mut janitor);
+            processes.push(replica);
+        }
+        self.wait_ready().await;
+    }
+
     /// Starts a stopped process again with the same settings, and waits until it is ready.
     pub async fn start_service(&self, name: &str) {
         {

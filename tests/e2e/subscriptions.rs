@@ -60,3 +60,37 @@ in_both_modes!(
     book_stock_shows_the_current_value_then_each_change,
     my_dashboard_shows_the_current_value_then_each_change,
 );
+
+/// With two replicas of book-svc and dashboard-svc consuming the same queues, a subscription
+/// served by one replica still sees every change, whichever replica applied it.
+#[tokio::test]
+async fn subscriptions_see_changes_applied_by_any_replica() {
+    let system = System::distributed().await;
+    let _logs = crate::helpers::LogsOnPanic(&system);
+    system.start_replica("book-svc", "BOOK_GRPC_ADDR").await;
+    system.start_replica("dashboard-svc", "DASHBOARD_GRPC_ADDR").await;
+    let admin = system.admin();
+    let reader = system.reader("replicated");
+    let book_id = id_of(&admin.create_book("Replicated", 20).await);
+
+    let query = "subscription { myDashboard { borrowedCount } }";
+    let mut dashboard = system.subscribe(reader.token(), query, json!({})).await;
+    assert_eq!(dashboard.next_data().await["myDashboard"]["borrowedCount"], 0);
+    let mut stock = system.subscribe(None, BOOK_STOCK, json!({ "bookId": book_id })).await;
+    assert_eq!(stock.next_data().await["bookStock"]["availableCopies"], 20);
+
+    for n in 1..=6 {
+        let loan = id_of(&reader.borrow_ok(&book_id, 1).await);
+        reader.wait_loan_status(&loan, "ACTIVE").await;
+        dashboard
+            .until(&format!("borrowedCount {n}"), |d| {
+                d["myDashboard"]["borrowedCount"] == n
+            })
+            .await;
+        stock
+            .until(&format!("availableCopies {}", 20 - n), |d| {
+                d["bookStock"]["availableCopies"] == 20 - n
+            })
+            .await;
+    }
+}
