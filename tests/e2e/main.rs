@@ -39,6 +39,7 @@ mod helpers;
 
 mod auth;
 mod bad_input;
+mod crash;
 mod graceful_stop;
 mod limits;
 mod out_of_stock;
