@@ -314,12 +314,16 @@ impl Catalog {
         let taken = if quantity > 0 {
             take_copies(txn, &borrowed.book_id, quantity).await?
         } else {
-            false
+            None
         };
-        let book = books::Entity::find_by_id(&borrowed.book_id).one(txn).await?;
+        let reserved = taken.is_some();
+        let book = match taken {
+            Some(book) => Some(book),
+            None => books::Entity::find_by_id(&borrowed.book_id).one(txn).await?,
+        };
         let now = Utc::now();
         match book {
-            Some(book) if taken => {
+            Some(book) if reserved => {
                 reservations::ActiveModel {
                     loan_id: Set(borrowed.loan_id.clone()),
                     book_id: Set(borrowed.book_id.clone()),
@@ -417,10 +421,10 @@ impl Catalog {
     }
 }
 
-/// Takes `quantity` copies off the shelf if that many are there; one conditional update, so
-/// concurrent reservations can never take the stock below zero.
-async fn take_copies(conn: &impl ConnectionTrait, book_id: &str, quantity: i32) -> Result<bool, DbErr> {
-    let result = books::Entity::update_many()
+/// Takes `quantity` copies off the shelf if that many are there, returning the book as it is
+/// now; one conditional update, so concurrent reservations can never take the stock below zero.
+async fn take_copies(conn: &impl ConnectionTrait, book_id: &str, quantity: i32) -> Result<Option<books::Model>, DbErr> {
+    let updated = books::Entity::update_many()
         .col_expr(
             books::Column::AvailableCopies,
             Expr::col(books::Column::AvailableCopies).sub(quantity),
@@ -428,9 +432,9 @@ async fn take_copies(conn: &impl ConnectionTrait, book_id: &str, quantity: i32) 
         .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()))
         .filter(books::Column::Id.eq(book_id))
         .filter(books::Column::AvailableCopies.gte(quantity))
-        .exec(conn)
+        .exec_with_returning(conn)
         .await?;
-    Ok(result.rows_affected == 1)
+    Ok(updated.into_iter().next())
 }
 
 fn escape_like(s: &str) -> String {

@@ -207,14 +207,49 @@ impl Subscriptions {
         Ok(())
     }
 
-    /// Every event of `batch[valid]` in one transaction; any failure rolls all of them back.
+    /// Every event of `batch[valid]` in one transaction; any failure rolls all of them back. The
+    /// claims of the whole batch are one statement; only the events it newly claimed (each once,
+    /// even when the batch holds it twice) reach their handler.
     async fn apply_together(&self, batch: &[EventEnvelope], valid: &[usize]) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
+        let mut claimed = self
+            .claim_all(&txn, valid.iter().map(|i| batch[*i].event_id.as_str()))
+            .await?;
         for i in valid {
-            self.apply_in(&txn, &batch[*i]).await?;
+            let envelope = &batch[*i];
+            if claimed.remove(envelope.event_id.as_str()) {
+                self.handle(&txn, envelope).await?;
+            }
         }
         self.outbox.commit(txn).await?;
         Ok(())
+    }
+
+    /// Records the processed events `ids` for this consumer; returns those not recorded before.
+    async fn claim_all<'a>(
+        &self,
+        txn: &DatabaseTransaction,
+        ids: impl Iterator<Item = &'a str>,
+    ) -> Result<std::collections::HashSet<String>, DbErr> {
+        let now = chrono::Utc::now();
+        let mut insert = Query::insert();
+        insert.into_table(ProcessedEvents::Table).columns([
+            ProcessedEvents::Consumer,
+            ProcessedEvents::EventId,
+            ProcessedEvents::ProcessedAt,
+        ]);
+        for id in ids {
+            insert.values_panic([self.consumer.as_ref().into(), id.into(), now.into()]);
+        }
+        insert
+            .on_conflict(
+                OnConflict::columns([ProcessedEvents::Consumer, ProcessedEvents::EventId])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .returning_col(ProcessedEvents::EventId);
+        let rows = txn.query_all(&insert).await?;
+        rows.iter().map(|row| row.try_get::<String>("", "event_id")).collect()
     }
 
     /// One event in its own transaction, retried with backoff.
@@ -258,14 +293,18 @@ impl Subscriptions {
 
     /// Claims and applies one event inside `txn`; a duplicate changes nothing.
     async fn apply_in(&self, txn: &DatabaseTransaction, envelope: &EventEnvelope) -> Result<(), HandleError> {
-        let meta = self.meta_of(envelope);
-        if !meta.claim(txn).await? {
+        if !self.meta_of(envelope).claim(txn).await? {
             return Ok(());
         }
+        self.handle(txn, envelope).await
+    }
+
+    /// Hands one (claimed) event to its handler.
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &EventEnvelope) -> Result<(), HandleError> {
         let handler = self
             .handlers
             .get(envelope.routing_key.as_str())
             .ok_or_else(|| HandleError::Malformed(format!("no handler for `{}`", envelope.routing_key)))?;
-        handler(envelope.payload.clone(), meta, txn).await
+        handler(envelope.payload.clone(), self.meta_of(envelope), txn).await
     }
 }
