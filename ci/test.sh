@@ -87,6 +87,13 @@ stage "clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 stage "tests"
+# Each test creates its own databases (`<prefix>_<32 hex>`); drop what earlier runs left, so
+# repeated runs do not fill the disk. (Do not run two test runs against one server at once.)
+psql "$TEST_POSTGRES_URL/postgres" -tAc \
+  "select datname from pg_database where datname ~ '^[a-z0-9_]+_[0-9a-f]{32}$'" |
+  while read -r db; do
+    psql "$TEST_POSTGRES_URL/postgres" -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true
+  done
 cargo test --workspace --all-features --locked --no-fail-fast
 
 if [[ $quick -eq 0 && -x ci/k8s/check.sh ]]; then
