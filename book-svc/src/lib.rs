@@ -53,10 +53,9 @@ pub struct Config {
 pub struct Application {
     listener: TcpListener,
     catalog: Catalog,
-    relay: Relay,
     watch: events::StockWatch,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+    /// The relay, consumers and listeners, and the token that stops them.
+    background: Background,
 }
 
 impl Application {
@@ -80,14 +79,16 @@ impl Application {
             shutdown.clone(),
         );
         let watch = events::StockWatch::start(&bus, &tracker, shutdown.clone());
-        let relay = Relay::new(db, bus, &outbox);
+        let background = Background {
+            relay: Relay::new(db, bus, &outbox),
+            tracker,
+            shutdown,
+        };
         Ok(Self {
             listener,
             catalog,
-            relay,
             watch,
-            tracker,
-            shutdown,
+            background,
         })
     }
 
@@ -114,23 +115,16 @@ impl Application {
         let Self {
             listener,
             catalog,
-            relay,
             watch,
-            tracker,
-            shutdown,
+            background,
         } = self;
         let (reporter, router) = library_platform::grpc::server()?;
         let service = grpc::BookGrpc {
             catalog,
             watch,
-            shutdown: shutdown.clone(),
+            shutdown: background.shutdown.clone(),
         };
         let router = router.add_service(BookServiceServer::new(service));
-        let background = Background {
-            relay,
-            tracker,
-            shutdown,
-        };
         serve_grpc("book-svc", listener, (reporter, router), SERVICE_NAME, background).await
     }
 }

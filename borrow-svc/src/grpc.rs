@@ -1,6 +1,6 @@
 //! The `library.borrow.v1.BorrowService` server: requests parsed at the edge, the circulation
 //! desk called, errors mapped to status codes here and nowhere else.
-use library_platform::grpc::{internal, parse_id, refused};
+use library_platform::grpc::{internal, parse_id, parse_user_id, refused};
 use library_proto::borrow::borrow_service_server::BorrowService;
 use library_proto::borrow::{
     BorrowRequest, ChangeDueDateRequest, GetLoanRequest, ListLoansRequest, ListLoansResponse, Loan as LoanMessage,
@@ -59,14 +59,6 @@ fn to_message(loan: Loan) -> LoanMessage {
     }
 }
 
-fn user_id(value: &str) -> Result<&str, Status> {
-    let value = value.trim();
-    if value.is_empty() || value.len() > 128 {
-        return Err(Status::invalid_argument("user_id: must be 1 to 128 characters"));
-    }
-    Ok(value)
-}
-
 fn idempotency_key(value: Option<String>) -> Result<Option<String>, Status> {
     match value.map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()) {
         Some(k) if k.len() > 200 => Err(Status::invalid_argument("idempotency_key: at most 200 characters")),
@@ -84,7 +76,7 @@ impl BorrowService for BorrowGrpc {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id, book_id = %request.get_ref().book_id))]
     async fn borrow(&self, request: Request<BorrowRequest>) -> Result<Response<LoanMessage>, Status> {
         let r = request.into_inner();
-        let user = user_id(&r.user_id)?;
+        let user = parse_user_id(&r.user_id)?;
         let book = parse_id("book_id", &r.book_id)?;
         let key = idempotency_key(r.idempotency_key)?;
         let loan = self.circulation.borrow(user, &book, r.quantity, key).await?;
@@ -94,7 +86,7 @@ impl BorrowService for BorrowGrpc {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id, loan_id = %request.get_ref().loan_id))]
     async fn r#return(&self, request: Request<ReturnRequest>) -> Result<Response<ReturnResponse>, Status> {
         let r = request.into_inner();
-        let user = user_id(&r.user_id)?;
+        let user = parse_user_id(&r.user_id)?;
         let loan = parse_id("loan_id", &r.loan_id)?;
         let outcome = self.circulation.return_loan(user, &loan, r.quantity).await?;
         Ok(Response::new(ReturnResponse {
@@ -109,14 +101,14 @@ impl BorrowService for BorrowGrpc {
     async fn get_loan(&self, request: Request<GetLoanRequest>) -> Result<Response<LoanMessage>, Status> {
         let r = request.into_inner();
         let loan = parse_id("loan_id", &r.loan_id)?;
-        let user = r.user_id.as_deref().map(user_id).transpose()?;
+        let user = r.user_id.as_deref().map(parse_user_id).transpose()?;
         Ok(Response::new(to_message(self.circulation.get_loan(&loan, user).await?)))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn list_loans(&self, request: Request<ListLoansRequest>) -> Result<Response<ListLoansResponse>, Status> {
         let r = request.into_inner();
-        let user = user_id(&r.user_id)?;
+        let user = parse_user_id(&r.user_id)?;
         let status = match r.status.map(LoanStatusMessage::try_from) {
             None => None,
             Some(Ok(LoanStatusMessage::Pending)) => Some(LoanStatus::Pending),

@@ -117,9 +117,8 @@ impl Config {
 pub struct Application {
     listener: TcpListener,
     circulation: Circulation,
-    relay: Relay,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+    /// The relay, consumers and listeners, and the token that stops them.
+    background: Background,
 }
 
 impl Application {
@@ -156,13 +155,15 @@ impl Application {
             &tracker,
             shutdown.clone(),
         );
-        let relay = Relay::new(db, bus, &outbox);
+        let background = Background {
+            relay: Relay::new(db, bus, &outbox),
+            tracker,
+            shutdown,
+        };
         Ok(Self {
             listener,
             circulation,
-            relay,
-            tracker,
-            shutdown,
+            background,
         })
     }
 
@@ -184,17 +185,10 @@ impl Application {
         let Self {
             listener,
             circulation,
-            relay,
-            tracker,
-            shutdown,
+            background,
         } = self;
         let (reporter, router) = library_platform::grpc::server()?;
         let router = router.add_service(BorrowServiceServer::new(grpc::BorrowGrpc { circulation }));
-        let background = Background {
-            relay,
-            tracker,
-            shutdown,
-        };
         serve_grpc("borrow-svc", listener, (reporter, router), SERVICE_NAME, background).await
     }
 }

@@ -3,7 +3,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use library_platform::CancellationToken;
-use library_platform::grpc::internal;
+use library_platform::grpc::{internal, parse_user_id};
 use library_proto::dashboard::dashboard_service_server::DashboardService;
 use library_proto::dashboard::{Dashboard as DashboardMessage, GetDashboardRequest, WatchDashboardRequest};
 use library_proto::events::DashboardUpdated;
@@ -24,14 +24,6 @@ fn to_message(d: Dashboard) -> DashboardMessage {
     }
 }
 
-fn user_id(value: &str) -> Result<String, Status> {
-    let value = value.trim();
-    if value.is_empty() || value.len() > 128 {
-        return Err(Status::invalid_argument("user_id: must be 1 to 128 characters"));
-    }
-    Ok(value.to_owned())
-}
-
 /// The gRPC face of the read model.
 pub struct DashboardGrpc {
     pub dashboards: Dashboards,
@@ -46,7 +38,7 @@ type DashboardStream = Pin<Box<dyn Stream<Item = Result<DashboardMessage, Status
 impl DashboardService for DashboardGrpc {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn get_dashboard(&self, request: Request<GetDashboardRequest>) -> Result<Response<DashboardMessage>, Status> {
-        let user = user_id(&request.get_ref().user_id)?;
+        let user = parse_user_id(&request.get_ref().user_id)?.to_owned();
         let dashboard = self
             .dashboards
             .get(&user)
@@ -62,7 +54,7 @@ impl DashboardService for DashboardGrpc {
         &self,
         request: Request<WatchDashboardRequest>,
     ) -> Result<Response<Self::WatchDashboardStream>, Status> {
-        let user = user_id(&request.get_ref().user_id)?;
+        let user = parse_user_id(&request.get_ref().user_id)?.to_owned();
         // Subscribe before reading, so no change between the read and the subscription is missed.
         let changes = BroadcastStream::new(self.feed.subscribe());
         let current = self

@@ -61,9 +61,8 @@ pub struct Application {
     listener: TcpListener,
     dashboards: Dashboards,
     feed: events::DashboardFeed,
-    relay: Relay,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
+    /// The relay, consumers and listeners, and the token that stops them.
+    background: Background,
 }
 
 impl Application {
@@ -87,14 +86,16 @@ impl Application {
             shutdown.clone(),
         );
         let feed = events::DashboardFeed::start(&bus, &tracker, shutdown.clone());
-        let relay = Relay::new(db, bus, &outbox);
+        let background = Background {
+            relay: Relay::new(db, bus, &outbox),
+            tracker,
+            shutdown,
+        };
         Ok(Self {
             listener,
             dashboards,
             feed,
-            relay,
-            tracker,
-            shutdown,
+            background,
         })
     }
 
@@ -117,22 +118,15 @@ impl Application {
             listener,
             dashboards,
             feed,
-            relay,
-            tracker,
-            shutdown,
+            background,
         } = self;
         let (reporter, router) = library_platform::grpc::server()?;
         let service = grpc::DashboardGrpc {
             dashboards,
             feed,
-            shutdown: shutdown.clone(),
+            shutdown: background.shutdown.clone(),
         };
         let router = router.add_service(DashboardServiceServer::new(service));
-        let background = Background {
-            relay,
-            tracker,
-            shutdown,
-        };
         serve_grpc("dashboard-svc", listener, (reporter, router), SERVICE_NAME, background).await
     }
 }

@@ -3,6 +3,8 @@
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use library_platform::grpc::MAX_USER_ID_LEN;
+
 use crate::error::GatewayError;
 
 /// The claims the gateway reads and issues.
@@ -86,10 +88,12 @@ impl JwtKeys {
             return Auth::Invalid("the Authorization header must be `Bearer <token>`".into());
         };
         match jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation) {
-            Ok(data) if !data.claims.sub.trim().is_empty() && data.claims.sub.len() <= 128 => Auth::Viewer(Viewer {
-                admin: data.claims.roles.iter().any(|r| r == "admin"),
-                user_id: data.claims.sub,
-            }),
+            Ok(data) if !data.claims.sub.trim().is_empty() && data.claims.sub.len() <= MAX_USER_ID_LEN => {
+                Auth::Viewer(Viewer {
+                    admin: data.claims.roles.iter().any(|r| r == "admin"),
+                    user_id: data.claims.sub,
+                })
+            }
             Ok(_) => Auth::Invalid("the token's subject is empty or too long".into()),
             Err(error) => {
                 use jsonwebtoken::errors::ErrorKind;

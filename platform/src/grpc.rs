@@ -149,6 +149,23 @@ pub fn internal(context: &str, cause: &dyn std::fmt::Display) -> Status {
     Status::internal("internal error")
 }
 
+/// The longest user id accepted (the JWT `sub` the gateway passes on).
+pub const MAX_USER_ID_LEN: usize = 128;
+
+/// Checks a request's `user_id`: 1 to 128 characters once trimmed.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming the field.
+pub fn parse_user_id(value: &str) -> Result<&str, Status> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > MAX_USER_ID_LEN {
+        return Err(Status::invalid_argument(format!(
+            "user_id: must be 1 to {MAX_USER_ID_LEN} characters"
+        )));
+    }
+    Ok(value)
+}
+
 /// Parses a UUID field of a request into its canonical text form.
 ///
 /// # Errors
