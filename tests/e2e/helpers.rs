@@ -79,12 +79,31 @@ where
     }
 }
 
-/// A port nobody listens on right now (bound, then released).
+/// A port nobody listens on right now, for a child process to bind a moment later.
+///
+/// Taken below the kernel's ephemeral range (32768+ on Linux): a port the kernel handed out
+/// with `bind(0)` can be handed out again as the source port of any outgoing connection (to
+/// PostgreSQL, RabbitMQ, another test's gateway) before the child binds it. Ports are dealt
+/// from a per-process sequence, so two tests of this binary never get the same one, and
+/// started at an offset from the pid, so two test binaries rarely meet.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() * 97 % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// A name no other test run uses.
