@@ -28,6 +28,7 @@ and `psql`), RabbitMQ on 127.0.0.1:5672 (guest/guest). The servers bind their re
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -422,10 +423,21 @@ def _can_connect(address, timeout: float = 1.0) -> bool:
         return False
 
 
+# Below the kernel's ephemeral range (32768+ on Linux): a port handed out by bind(0) can be
+# handed out again as the source port of an outgoing connection before the server binds it.
+_PORTS = itertools.count(os.getpid() * 97 % 12_000)
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(12_000):
+        port = 20_000 + next(_PORTS) % 12_000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000..32000")
 
 
 # --- the running system -----------------------------------------------------------------------
