@@ -1,7 +1,9 @@
 //! The catalogue's use cases: each one that changes state writes its events to the outbox in the
 //! same transaction.
+use std::collections::HashMap;
+
 use chrono::Utc;
-use library_platform::bus::{HandleError, Outbox, Subscriptions};
+use library_platform::bus::{EventEnvelope, HandleError, Outbox, Subscriptions};
 use library_platform::paging::{self, PagingError};
 use library_proto::events::{
     BookBorrowed, BookRegistered, BookRemoved, BookUpdated, OutOfStock, StockChanged, StockReleased, StockReserved,
@@ -9,12 +11,12 @@ use library_proto::events::{
 use library_proto::time::to_timestamp;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
-use crate::domain::{self, BookDraft, BookEdit, ValidationError};
+use crate::domain::{self, Allocation, BookDraft, BookEdit, ValidationError};
 use crate::store::{books, reservations};
 
 pub use books::Model as Book;
@@ -304,64 +306,97 @@ impl Catalog {
         Ok((available, domain::can_reserve(available, quantity)))
     }
 
-    /// The book side of the borrow saga: reserve the loan's copies (`StockReserved`) or say why
-    /// not (`OutOfStock`), inside the consumer's transaction.
+    /// The book side of the borrow saga, for a run of loans at once: reserve each loan's copies
+    /// (`StockReserved`) or say why not (`OutOfStock`), first come first served, inside the
+    /// consumer's transaction. Each book is read under its row lock and written once however many
+    /// loans want it, and says `StockChanged` once, so a popular book does not make every loan
+    /// wait for the one before it.
     ///
     /// # Errors
-    /// A database failure: the delivery is retried.
-    pub async fn reserve_for_loan(&self, txn: &DatabaseTransaction, borrowed: BookBorrowed) -> Result<(), HandleError> {
-        let quantity = borrowed.quantity;
-        let taken = if quantity > 0 {
-            take_copies(txn, &borrowed.book_id, quantity).await?
-        } else {
-            None
-        };
-        let reserved = taken.is_some();
-        let book = match taken {
-            Some(book) => Some(book),
-            None => books::Entity::find_by_id(&borrowed.book_id).one(txn).await?,
-        };
-        let now = Utc::now();
-        match book {
-            Some(book) if reserved => {
-                reservations::ActiveModel {
-                    loan_id: Set(borrowed.loan_id.clone()),
-                    book_id: Set(borrowed.book_id.clone()),
-                    quantity: Set(quantity),
-                    created_at: Set(now),
-                }
-                .insert(txn)
-                .await?;
-                let reserved = StockReserved {
-                    event_id: new_event_id(),
-                    occurred_at: Some(to_timestamp(now)),
-                    loan_id: borrowed.loan_id.clone(),
-                    book_id: book.id.clone(),
-                    quantity,
-                    available_copies: book.available_copies,
-                };
-                self.outbox.enqueue(txn, &reserved).await?;
-                self.outbox.enqueue(txn, &stock_changed(&book)).await?;
-                tracing::info!(loan_id = %borrowed.loan_id, book_id = %book.id, quantity, "copies reserved");
+    /// A database failure: the deliveries are retried.
+    pub async fn reserve_for_loans(
+        &self,
+        txn: &DatabaseTransaction,
+        borrowed: Vec<BookBorrowed>,
+    ) -> Result<(), HandleError> {
+        let mut book_ids: Vec<&str> = borrowed.iter().map(|loan| loan.book_id.as_str()).collect();
+        book_ids.sort_unstable();
+        book_ids.dedup();
+        // Locked in id order, so two consumers' batches over the same books cannot deadlock.
+        let shelves: HashMap<String, Book> = books::Entity::find()
+            .filter(books::Column::Id.is_in(book_ids))
+            .order_by_asc(books::Column::Id)
+            .lock_exclusive()
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|book| (book.id.clone(), book))
+            .collect();
+
+        let mut decided: Vec<Option<Allocation>> = vec![None; borrowed.len()];
+        let mut changed = Vec::new();
+        for (book_id, book) in &shelves {
+            let wanting: Vec<usize> = (0..borrowed.len())
+                .filter(|i| borrowed[*i].book_id == *book_id)
+                .collect();
+            let allocations = domain::allocate(book.available_copies, wanting.iter().map(|i| borrowed[*i].quantity));
+            let left = allocations.last().map_or(book.available_copies, |a| a.left);
+            for (i, allocation) in wanting.into_iter().zip(allocations) {
+                decided[i] = Some(allocation);
             }
-            book => {
-                let (available, reason) = match &book {
-                    Some(book) => (book.available_copies, "not enough copies"),
-                    None => (0, "book not in the catalogue"),
-                };
-                let refused = OutOfStock {
-                    event_id: new_event_id(),
-                    occurred_at: Some(to_timestamp(now)),
-                    loan_id: borrowed.loan_id.clone(),
-                    book_id: borrowed.book_id.clone(),
-                    requested: quantity,
-                    available_copies: available,
-                    reason: reason.to_owned(),
-                };
-                self.outbox.enqueue(txn, &refused).await?;
-                tracing::info!(loan_id = %borrowed.loan_id, book_id = %borrowed.book_id, quantity, available, reason, "out of stock");
+            if left != book.available_copies {
+                changed.push(take_copies(txn, book, book.available_copies - left).await?);
             }
         }
+
+        let now = Utc::now();
+        let mut reservations = Vec::new();
+        let mut events = Vec::with_capacity(borrowed.len() + changed.len());
+        for (loan, allocation) in borrowed.into_iter().zip(decided) {
+            match allocation {
+                Some(Allocation { served: true, left }) => {
+                    tracing::debug!(loan_id = %loan.loan_id, book_id = %loan.book_id, quantity = loan.quantity, "copies reserved");
+                    events.push(EventEnvelope::of(&StockReserved {
+                        event_id: new_event_id(),
+                        occurred_at: Some(to_timestamp(now)),
+                        loan_id: loan.loan_id.clone(),
+                        book_id: loan.book_id.clone(),
+                        quantity: loan.quantity,
+                        available_copies: left,
+                    }));
+                    reservations.push(reservations::ActiveModel {
+                        loan_id: Set(loan.loan_id),
+                        book_id: Set(loan.book_id),
+                        quantity: Set(loan.quantity),
+                        created_at: Set(now),
+                    });
+                }
+                refused => {
+                    let (available, reason) = match refused {
+                        Some(allocation) => (allocation.left, "not enough copies"),
+                        None => (0, "book not in the catalogue"),
+                    };
+                    tracing::info!(loan_id = %loan.loan_id, book_id = %loan.book_id, quantity = loan.quantity, available, reason, "out of stock");
+                    events.push(EventEnvelope::of(&OutOfStock {
+                        event_id: new_event_id(),
+                        occurred_at: Some(to_timestamp(now)),
+                        loan_id: loan.loan_id,
+                        book_id: loan.book_id,
+                        requested: loan.quantity,
+                        available_copies: available,
+                        reason: reason.to_owned(),
+                    }));
+                }
+            }
+        }
+        for book in &changed {
+            tracing::info!(book_id = %book.id, available = book.available_copies, "copies reserved");
+            events.push(EventEnvelope::of(&stock_changed(book)));
+        }
+        if !reservations.is_empty() {
+            reservations::Entity::insert_many(reservations).exec(txn).await?;
+        }
+        self.outbox.enqueue_all(txn, events).await?;
         Ok(())
     }
 
@@ -421,20 +456,23 @@ impl Catalog {
     }
 }
 
-/// Takes `quantity` copies off the shelf if that many are there, returning the book as it is
-/// now; one conditional update, so concurrent reservations can never take the stock below zero.
-async fn take_copies(conn: &impl ConnectionTrait, book_id: &str, quantity: i32) -> Result<Option<books::Model>, DbErr> {
-    let updated = books::Entity::update_many()
+/// Takes `quantity` copies of `book` off the shelf, returning the book as it is now. The
+/// condition repeats what the row lock already guarantees, so the stock can never go below zero
+/// even if a caller forgot the lock.
+async fn take_copies(txn: &DatabaseTransaction, book: &Book, quantity: i32) -> Result<Book, HandleError> {
+    books::Entity::update_many()
         .col_expr(
             books::Column::AvailableCopies,
             Expr::col(books::Column::AvailableCopies).sub(quantity),
         )
         .col_expr(books::Column::UpdatedAt, Expr::val(Utc::now()))
-        .filter(books::Column::Id.eq(book_id))
+        .filter(books::Column::Id.eq(&book.id))
         .filter(books::Column::AvailableCopies.gte(quantity))
-        .exec_with_returning(conn)
-        .await?;
-    Ok(updated.into_iter().next())
+        .exec_with_returning(txn)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| HandleError::Failed(format!("the stock of book {} changed under its lock", book.id)))
 }
 
 fn escape_like(s: &str) -> String {

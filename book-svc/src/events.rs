@@ -17,9 +17,13 @@ pub fn subscriptions(catalog: Catalog) -> Subscriptions {
     let (reserve, on_return, on_cancel) = (catalog.clone(), catalog.clone(), catalog.clone());
     catalog
         .subscriptions("book-svc")
-        .on::<BookBorrowed, _>(move |event, _, txn| {
+        .on_batch::<BookBorrowed, _>(move |run, txn| {
             let catalog = reserve.clone();
-            Box::pin(async move { catalog.reserve_for_loan(txn, event).await })
+            Box::pin(async move {
+                catalog
+                    .reserve_for_loans(txn, run.into_iter().map(|(event, _)| event).collect())
+                    .await
+            })
         })
         .on::<BookReturned, _>(move |event, _, txn| {
             let catalog = on_return.clone();

@@ -3,4 +3,4 @@ mod book;
 mod stock;
 
 pub use book::{Author, BookDraft, BookEdit, Copies, Isbn, Title, ValidationError};
-pub use stock::{StockError, available_after_resize, can_reserve};
+pub use stock::{Allocation, StockError, allocate, available_after_resize, can_reserve};

@@ -28,9 +28,62 @@ pub fn can_reserve(available: i32, quantity: i32) -> bool {
     quantity > 0 && available >= quantity
 }
 
+/// What became of one request for copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub served: bool,
+    /// Copies on the shelf once this request was decided.
+    pub left: i32,
+}
+
+/// Serves `requests` (copies wanted, in arrival order) from a shelf of `available` copies, first
+/// come first served. A request that does not fit is refused and does not block a smaller one
+/// after it.
+pub fn allocate(mut available: i32, requests: impl IntoIterator<Item = i32>) -> Vec<Allocation> {
+    requests
+        .into_iter()
+        .map(|quantity| {
+            let served = can_reserve(available, quantity);
+            if served {
+                available -= quantity;
+            }
+            Allocation {
+                served,
+                left: available,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn served(allocations: &[Allocation]) -> Vec<bool> {
+        allocations.iter().map(|a| a.served).collect()
+    }
+
+    #[test]
+    fn requests_are_served_in_arrival_order_until_the_shelf_is_empty() {
+        let allocations = allocate(3, [1, 1, 1, 1]);
+        assert_eq!(served(&allocations), [true, true, true, false]);
+        assert_eq!(allocations.iter().map(|a| a.left).collect::<Vec<_>>(), [2, 1, 0, 0]);
+    }
+
+    #[test]
+    fn a_request_too_big_is_refused_and_a_smaller_one_after_it_is_served() {
+        let allocations = allocate(3, [2, 2, 1]);
+        assert_eq!(served(&allocations), [true, false, true]);
+        assert_eq!(allocations[1].left, 1, "a refusal leaves the shelf as it was");
+        assert_eq!(allocations[2].left, 0);
+    }
+
+    #[test]
+    fn nothing_is_served_from_an_empty_shelf_or_for_no_copies() {
+        assert_eq!(allocate(0, [1]), [Allocation { served: false, left: 0 }]);
+        assert_eq!(served(&allocate(5, [0, -1])), [false, false]);
+        assert!(allocate(5, []).is_empty());
+    }
 
     #[test]
     fn growing_the_total_adds_to_the_shelf() {

@@ -1,5 +1,6 @@
 //! book-svc's side of the saga: reservations and releases, once each, never below zero.
 use futures::future::join_all;
+use library_platform::bus::EventEnvelope;
 use library_proto::book::{CreateBookRequest, GetBookRequest};
 use library_proto::events::{BookBorrowed, BookReturned, LoanCanceled};
 
@@ -114,4 +115,43 @@ async fn an_unknown_book_or_too_few_copies_answer_out_of_stock_without_touching_
     };
     app.deliver(&canceled).await.unwrap();
     assert_eq!(available(&app, &id).await, 2);
+}
+
+#[tokio::test]
+async fn a_batch_serves_its_loans_first_come_first_served_per_book_and_only_those_release() {
+    let app = spawn_app().await;
+    let (popular, scarce) = (book_with(&app, 10).await, book_with(&app, 3).await);
+    // One delivery batch, as a busy queue hands it over: two books interleaved, an unknown book,
+    // a request too big that must not block the smaller ones after it, and a redelivery.
+    let mut loans: Vec<BookBorrowed> = Vec::new();
+    for n in 0..12 {
+        loans.push(borrowed(&popular, 1));
+        if n % 3 == 0 {
+            loans.push(borrowed(&scarce, if n == 3 { 5 } else { 1 }));
+        }
+    }
+    loans.push(borrowed(&uuid::Uuid::new_v4().to_string(), 1));
+    let mut batch: Vec<_> = loans.iter().map(EventEnvelope::of).collect();
+    batch.push(batch[0].clone());
+    let outcomes = app.saga.apply_batch(&batch).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(available(&app, &popular).await, 0, "the first 10 of 12 are served");
+    assert_eq!(available(&app, &scarce).await, 0, "1 + 1 + 1, the 5 between refused");
+
+    // Releasing every loan gives back exactly what was reserved, and only once.
+    let returns: Vec<_> = loans
+        .iter()
+        .map(|loan| {
+            EventEnvelope::of(&BookReturned {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                loan_id: loan.loan_id.clone(),
+                book_id: loan.book_id.clone(),
+                quantity: loan.quantity,
+                ..Default::default()
+            })
+        })
+        .collect();
+    assert!(app.saga.apply_batch(&returns).await.iter().all(Result::is_ok));
+    assert_eq!(available(&app, &popular).await, 10);
+    assert_eq!(available(&app, &scarce).await, 3);
 }

@@ -5,9 +5,10 @@
 //! `processed_events` (a duplicate is skipped) and handed to its handler with the transaction;
 //! one commit covers them all, and only then are they acknowledged. Committing once per batch
 //! instead of once per event is what lets a consumer keep up with a busy producer, and makes
-//! events about one hot row (a popular book) queue on its lock once per batch, not once each. If
-//! any event of a batch fails, the batch rolls back and each event is applied alone, with
-//! retries, so one bad event never holds the others back.
+//! events about one hot row (a popular book) queue on its lock once per batch, not once each.
+//! Consecutive events of one type reach their handler as one run (`on_batch`), so a handler can
+//! also write that row once per run. If any event of a batch fails, the batch rolls back and
+//! each event is applied alone, with retries, so one bad event never holds the others back.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,9 +98,12 @@ pub async fn prune_processed_events(conn: &impl ConnectionTrait, retention: Dura
     Ok(conn.execute(&delete).await?.rows_affected())
 }
 
-/// An event handler: applies one event inside the consumer's transaction (it must not commit).
+/// Applies a run of consecutive deliveries of one event type inside the consumer's transaction
+/// (it must not commit). Every handler is one of these; a per-event handler is wrapped.
 type Handler = Arc<
-    dyn for<'a> Fn(Vec<u8>, EventMeta, &'a DatabaseTransaction) -> BoxFuture<'a, Result<(), HandleError>> + Send + Sync,
+    dyn for<'a> Fn(Vec<(Vec<u8>, EventMeta)>, &'a DatabaseTransaction) -> BoxFuture<'a, Result<(), HandleError>>
+        + Send
+        + Sync,
 >;
 
 /// One consumer's handlers, keyed by routing key: what it subscribes to, listed in one place,
@@ -127,7 +131,7 @@ impl Subscriptions {
     /// Handles events of type `E` with `handler`, which applies one event inside the given
     /// transaction and must not commit it.
     #[must_use]
-    pub fn on<E, F>(mut self, handler: F) -> Self
+    pub fn on<E, F>(self, handler: F) -> Self
     where
         E: DomainEvent,
         F: for<'a> Fn(E, EventMeta, &'a DatabaseTransaction) -> BoxFuture<'a, Result<(), HandleError>>
@@ -136,18 +140,38 @@ impl Subscriptions {
             + 'static,
     {
         let handler = Arc::new(handler);
-        let erased: Handler = Arc::new(move |payload: Vec<u8>, meta: EventMeta, txn: &DatabaseTransaction| {
-            let decoded = E::decode(payload.as_slice())
-                .map_err(|e| HandleError::Malformed(format!("{} does not decode: {e}", E::NAME)))
-                .and_then(|event| {
-                    if event.event_id() == meta.event_id {
-                        Ok(event)
-                    } else {
-                        Err(HandleError::Malformed("message_id differs from the event's id".into()))
-                    }
-                });
+        self.on_batch::<E, _>(move |events, txn| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                for (event, meta) in events {
+                    handler(event, meta, txn).await?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Handles events of type `E` a run at a time: `handler` gets every event of a delivery
+    /// batch that follows another of the same type (in delivery order, each claimed, none twice)
+    /// and applies them inside the given transaction, without committing it. For events that
+    /// touch one hot row, which a run can then change once instead of once per event.
+    #[must_use]
+    pub fn on_batch<E, F>(mut self, handler: F) -> Self
+    where
+        E: DomainEvent,
+        F: for<'a> Fn(Vec<(E, EventMeta)>, &'a DatabaseTransaction) -> BoxFuture<'a, Result<(), HandleError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: Handler = Arc::new(move |run: Vec<(Vec<u8>, EventMeta)>, txn: &DatabaseTransaction| {
+            let decoded: Result<Vec<(E, EventMeta)>, HandleError> = run
+                .into_iter()
+                .map(|(payload, meta)| Ok((decode::<E>(&payload, &meta)?, meta)))
+                .collect();
             match decoded {
-                Ok(event) => handler(event, meta, txn),
+                Ok(events) => handler(events, txn),
                 Err(error) => Box::pin(async move { Err(error) }),
             }
         });
@@ -171,12 +195,13 @@ impl Subscriptions {
     /// Applies one delivery (with retries). `Err` carries the reason to put on the dead-letter
     /// queue. Also how a test or a tool replays one event.
     pub async fn apply(&self, envelope: &EventEnvelope) -> Result<(), String> {
-        self.dispatch_batch(std::slice::from_ref(envelope)).await.remove(0)
+        self.apply_batch(std::slice::from_ref(envelope)).await.remove(0)
     }
 
-    /// Applies a batch of deliveries: one outcome each, in order; `Err` carries the reason to put
-    /// on the dead-letter queue.
-    pub(super) async fn dispatch_batch(&self, batch: &[EventEnvelope]) -> Vec<Result<(), String>> {
+    /// Applies a batch of deliveries as one transaction, or each alone if the batch fails: one
+    /// outcome each, in order; `Err` carries the reason to put on the dead-letter queue. What
+    /// both transports do with what they received at once.
+    pub async fn apply_batch(&self, batch: &[EventEnvelope]) -> Vec<Result<(), String>> {
         let mut outcomes: Vec<Option<Result<(), String>>> =
             batch.iter().map(|e| self.precheck(e).err().map(Err)).collect();
         let valid: Vec<usize> = (0..batch.len()).filter(|i| outcomes[*i].is_none()).collect();
@@ -215,13 +240,31 @@ impl Subscriptions {
         let mut claimed = self
             .claim_all(&txn, valid.iter().map(|i| batch[*i].event_id.as_str()))
             .await?;
-        for i in valid {
-            let envelope = &batch[*i];
-            if claimed.remove(envelope.event_id.as_str()) {
-                self.handle(&txn, envelope).await?;
-            }
-        }
+        let fresh = valid
+            .iter()
+            .map(|i| &batch[*i])
+            .filter(|envelope| claimed.remove(envelope.event_id.as_str()));
+        self.handle_runs(&txn, fresh).await?;
         self.outbox.commit(txn).await?;
+        Ok(())
+    }
+
+    /// Hands claimed events to their handlers, each run of one type at once, in order.
+    async fn handle_runs<'e>(
+        &self,
+        txn: &DatabaseTransaction,
+        events: impl Iterator<Item = &'e EventEnvelope>,
+    ) -> Result<(), HandleError> {
+        let mut run: Vec<&EventEnvelope> = Vec::new();
+        for envelope in events {
+            if run.last().is_some_and(|last| last.routing_key != envelope.routing_key) {
+                self.handle(txn, std::mem::take(&mut run)).await?;
+            }
+            run.push(envelope);
+        }
+        if !run.is_empty() {
+            self.handle(txn, run).await?;
+        }
         Ok(())
     }
 
@@ -296,15 +339,32 @@ impl Subscriptions {
         if !self.meta_of(envelope).claim(txn).await? {
             return Ok(());
         }
-        self.handle(txn, envelope).await
+        self.handle(txn, vec![envelope]).await
     }
 
-    /// Hands one (claimed) event to its handler.
-    async fn handle(&self, txn: &DatabaseTransaction, envelope: &EventEnvelope) -> Result<(), HandleError> {
+    /// Hands a run of claimed events of one type to its handler.
+    async fn handle(&self, txn: &DatabaseTransaction, run: Vec<&EventEnvelope>) -> Result<(), HandleError> {
+        let Some(first) = run.first() else {
+            return Ok(());
+        };
         let handler = self
             .handlers
-            .get(envelope.routing_key.as_str())
-            .ok_or_else(|| HandleError::Malformed(format!("no handler for `{}`", envelope.routing_key)))?;
-        handler(envelope.payload.clone(), self.meta_of(envelope), txn).await
+            .get(first.routing_key.as_str())
+            .ok_or_else(|| HandleError::Malformed(format!("no handler for `{}`", first.routing_key)))?;
+        let run = run
+            .into_iter()
+            .map(|envelope| (envelope.payload.clone(), self.meta_of(envelope)))
+            .collect();
+        handler(run, txn).await
+    }
+}
+
+/// Decodes one delivery's payload, which must carry the id its message was sent under.
+fn decode<E: DomainEvent>(payload: &[u8], meta: &EventMeta) -> Result<E, HandleError> {
+    let event = E::decode(payload).map_err(|e| HandleError::Malformed(format!("{} does not decode: {e}", E::NAME)))?;
+    if event.event_id() == meta.event_id {
+        Ok(event)
+    } else {
+        Err(HandleError::Malformed("message_id differs from the event's id".into()))
     }
 }

@@ -117,7 +117,7 @@ pub(super) async fn consume(
             }
         }
         let envelopes: Vec<EventEnvelope> = batch.iter().map(|d| d.envelope.clone()).collect();
-        let outcomes = subscriptions.dispatch_batch(&envelopes).await;
+        let outcomes = subscriptions.apply_batch(&envelopes).await;
         for (delivery, outcome) in batch.into_iter().zip(outcomes) {
             if let Err(error) = outcome {
                 tracing::error!(%queue, event_id = %delivery.envelope.event_id, %error, "event dead-lettered");

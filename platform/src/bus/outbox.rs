@@ -43,27 +43,43 @@ impl Outbox {
     /// # Errors
     /// The insert failed; the caller's transaction must not commit.
     pub async fn enqueue<E: DomainEvent>(&self, txn: &impl ConnectionTrait, event: &E) -> Result<(), DbErr> {
-        let envelope = EventEnvelope::of(event);
-        let insert = Query::insert()
-            .into_table(OutboxEvents::Table)
-            .columns([
-                OutboxEvents::EventId,
-                OutboxEvents::EventType,
-                OutboxEvents::RoutingKey,
-                OutboxEvents::Payload,
-                OutboxEvents::Traceparent,
-                OutboxEvents::OccurredAt,
-            ])
-            .values_panic([
+        self.enqueue_all(txn, [EventEnvelope::of(event)]).await
+    }
+
+    /// Adds events (made with [`EventEnvelope::of`]) to the outbox inside the caller's
+    /// transaction, in one statement; they are published in this order.
+    ///
+    /// # Errors
+    /// The insert failed; the caller's transaction must not commit.
+    pub async fn enqueue_all(
+        &self,
+        txn: &impl ConnectionTrait,
+        envelopes: impl IntoIterator<Item = EventEnvelope>,
+    ) -> Result<(), DbErr> {
+        let mut insert = Query::insert();
+        insert.into_table(OutboxEvents::Table).columns([
+            OutboxEvents::EventId,
+            OutboxEvents::EventType,
+            OutboxEvents::RoutingKey,
+            OutboxEvents::Payload,
+            OutboxEvents::Traceparent,
+            OutboxEvents::OccurredAt,
+        ]);
+        let mut empty = true;
+        for envelope in envelopes {
+            empty = false;
+            insert.values_panic([
                 envelope.event_id.into(),
                 envelope.event_type.into(),
                 envelope.routing_key.into(),
                 envelope.payload.into(),
                 envelope.traceparent.into(),
                 envelope.occurred_at.into(),
-            ])
-            .to_owned();
-        txn.execute(&insert).await?;
+            ]);
+        }
+        if !empty {
+            txn.execute(&insert).await?;
+        }
         Ok(())
     }
 

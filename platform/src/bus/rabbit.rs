@@ -373,7 +373,7 @@ async fn settle(
     deliveries: Vec<Delivery>,
 ) -> Result<(), lapin::Error> {
     let envelopes: Vec<EventEnvelope> = deliveries.iter().map(envelope_of).collect();
-    let outcomes = subscriptions.dispatch_batch(&envelopes).await;
+    let outcomes = subscriptions.apply_batch(&envelopes).await;
     for ((delivery, envelope), outcome) in deliveries.into_iter().zip(envelopes).zip(outcomes) {
         let Err(error) = outcome else {
             delivery.acker.ack(BasicAckOptions::default()).await?;
