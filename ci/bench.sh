@@ -12,6 +12,9 @@
 # Environment:
 #   CARGO_TARGET_DIR     build directory (default: $HOME/.cache/library-target)
 #   BENCH_POSTGRES_URL   PostgreSQL server, trust auth (default: postgres://postgres@127.0.0.1:5432)
+#   BENCH_PG_SSLMODE     sslmode of every connection, the services' and pgbench's (default: disable:
+#                        TLS on loopback protects nothing and costs each query a third of its CPU
+#                        here; set prefer to measure what a TLS link costs)
 #   BENCH_AMQP_URL       RabbitMQ (default: amqp://guest:guest@127.0.0.1:5672/%2f)
 #   BENCH_VHOST          1 (default): run the services in a fresh RabbitMQ vhost when rabbitmqctl
 #                        can create one, so they never share queues with a running demo; 0: use
@@ -47,6 +50,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/library-target}"
 PG="${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
 AMQP_BASE="${BENCH_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 SECRET=bench-secret
+SSLMODE="${BENCH_PG_SSLMODE:-disable}"
+export PGSSLMODE="$SSLMODE"
 SUFFIX="$(date +%s)_$$"
 WORK="${BENCH_DIR:-$(mktemp -d -t library-bench.XXXXXX)}"
 mkdir -p "$WORK"
@@ -122,7 +127,7 @@ create_db() {
   local db="bench_${1}_${SUFFIX}"
   psql_admin "CREATE DATABASE \"$db\""
   DATABASES+=("$db")
-  DB_URL="$PG/$db"
+  DB_URL="$PG/$db?sslmode=$SSLMODE"
 }
 
 tcp_open() { (: >"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
@@ -264,7 +269,7 @@ start_sampler
 scenario check-stock check-stock --book-url "http://$BOOK_ADDR" --concurrency 32 --duration "$DURATION"
 scenario borrow borrow --borrow-url "http://$BORROW_ADDR" --book-url "http://$BOOK_ADDR" \
   --concurrency 20 --duration "$DURATION"
-scenario events events --database-url "$PG/postgres" --amqp-url "$AMQP_BASE" --count "$EVENTS"
+scenario events events --database-url "$PG/postgres?sslmode=$SSLMODE" --amqp-url "$AMQP_BASE" --count "$EVENTS"
 if [[ $GATEWAY_UP == 1 ]]; then
   scenario graphql-books graphql-books --url "http://$GATEWAY_ADDR/graphql" \
     --concurrency 20 --duration "$DURATION"
@@ -305,7 +310,7 @@ create_db pgbench
 PGBENCH_DB=$DB_URL
 if pgbench -i -q "$PGBENCH_DB" >"$WORK/pgbench-init.log" 2>&1 &&
   pgbench -N -c 20 -j 2 -T 10 "$PGBENCH_DB" >"$WORK/pgbench.log" 2>&1; then
-  echo "== pgbench -N -c 20 -j 2 -T 10 (reference, same machine)"
+  echo "== pgbench -N -c 20 -j 2 -T 10 (reference, same machine, sslmode=$SSLMODE)"
   grep -E '^(tps|latency average|number of transactions actually processed)' "$WORK/pgbench.log"
 else
   fail "pgbench failed (see $WORK/pgbench.log)"

@@ -7,7 +7,7 @@ use library_platform::database::is_unique_violation;
 use library_platform::paging::{self, PagingError};
 use library_proto::events::{BookBorrowed, BookReturned, LateFeeCharged, LoanCanceled, OutOfStock, StockReserved};
 use library_proto::time::to_timestamp;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
@@ -139,7 +139,7 @@ impl Circulation {
         }
 
         let txn = self.db.begin().await?;
-        let outstanding = lock_reader(&txn, user_id).await?;
+        let allowed = take_allowance(&txn, user_id, quantity, max).await?;
         // Checked again under the reader's lock: a twin request may have committed meanwhile.
         if let Some(key) = &idempotency_key
             && let Some(loan) = find_by_key(&txn, user_id, key).await?
@@ -147,11 +147,11 @@ impl Circulation {
             txn.rollback().await?;
             return Ok(loan);
         }
-        if outstanding + quantity > max {
+        if !allowed {
+            let outstanding = outstanding_of(&txn, user_id).await?;
             txn.rollback().await?;
             return Err(CirculationError::LimitReached { outstanding, max });
         }
-        add_outstanding(&txn, user_id, quantity).await?;
         let now = Utc::now();
         let loan = loans::ActiveModel {
             id: Set(new_id()),
@@ -453,21 +453,32 @@ async fn find_by_key(conn: &impl ConnectionTrait, user_id: &str, key: &str) -> R
         .await
 }
 
-/// Locks the reader's row (creating it) and returns their outstanding copies. Every borrow of
-/// one reader passes here, so they take turns. SQLite has a single writer and needs no lock.
-async fn lock_reader(txn: &DatabaseTransaction, user_id: &str) -> Result<i32, DbErr> {
-    readers::Entity::insert(readers::ActiveModel {
-        user_id: Set(user_id.to_owned()),
-        outstanding: Set(0),
-    })
-    .on_conflict_do_nothing()
-    .exec(txn)
-    .await?;
-    let mut select = readers::Entity::find_by_id(user_id);
-    if txn.get_database_backend() == DbBackend::Postgres {
-        select = select.lock_exclusive();
-    }
-    Ok(select.one(txn).await?.map(|r| r.outstanding).unwrap_or(0))
+/// Adds `quantity` to the reader's outstanding copies (creating the reader) unless that would
+/// pass `max`; `false` when it would. One statement, which also locks the reader's row until the
+/// transaction ends (PostgreSQL locks a conflicting row even when the update's condition refuses
+/// it), so one reader's borrows take turns; SQLite has a single writer anyway.
+async fn take_allowance(txn: &DatabaseTransaction, user_id: &str, quantity: i32, max: i32) -> Result<bool, DbErr> {
+    let outstanding = || Expr::col((readers::Entity, readers::Column::Outstanding));
+    let upsert = Query::insert()
+        .into_table(readers::Entity)
+        .columns([readers::Column::UserId, readers::Column::Outstanding])
+        .values_panic([user_id.into(), quantity.into()])
+        .on_conflict(
+            OnConflict::column(readers::Column::UserId)
+                .value(readers::Column::Outstanding, outstanding().add(quantity))
+                .action_and_where(outstanding().add(quantity).lte(max))
+                .to_owned(),
+        )
+        .returning_col(readers::Column::Outstanding)
+        .to_owned();
+    Ok(txn.query_one(&upsert).await?.is_some())
+}
+
+async fn outstanding_of(conn: &impl ConnectionTrait, user_id: &str) -> Result<i32, DbErr> {
+    Ok(readers::Entity::find_by_id(user_id)
+        .one(conn)
+        .await?
+        .map_or(0, |reader| reader.outstanding))
 }
 
 async fn add_outstanding(txn: &DatabaseTransaction, user_id: &str, delta: i32) -> Result<(), DbErr> {
