@@ -17,6 +17,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::domain::{self, Allocation, BookDraft, BookEdit, ValidationError};
+use crate::stock_reads::StockReads;
 use crate::store::{books, reservations};
 
 pub use books::Model as Book;
@@ -48,6 +49,7 @@ pub struct BookPage {
 pub struct Catalog {
     db: DatabaseConnection,
     outbox: Outbox,
+    stock: StockReads,
 }
 
 fn new_event_id() -> String {
@@ -66,7 +68,8 @@ fn stock_changed(book: &Book) -> StockChanged {
 
 impl Catalog {
     pub fn new(db: DatabaseConnection, outbox: Outbox) -> Self {
-        Self { db, outbox }
+        let stock = StockReads::new(db.clone());
+        Self { db, outbox, stock }
     }
 
     /// An empty set of subscriptions applying events to the catalogue's database.
@@ -296,13 +299,7 @@ impl Catalog {
     /// # Errors
     /// Unknown book or a database failure.
     pub async fn check_stock(&self, id: &str, quantity: i32) -> Result<(i32, bool), CatalogError> {
-        let available: Option<i32> = books::Entity::find_by_id(id)
-            .select_only()
-            .column(books::Column::AvailableCopies)
-            .into_tuple()
-            .one(&self.db)
-            .await?;
-        let available = available.ok_or(CatalogError::NotFound)?;
+        let available = self.stock.available(id).await?.ok_or(CatalogError::NotFound)?;
         Ok((available, domain::can_reserve(available, quantity)))
     }
 

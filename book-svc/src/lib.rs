@@ -16,6 +16,7 @@ mod catalog;
 pub mod domain;
 mod events;
 mod grpc;
+mod stock_reads;
 mod store;
 
 use std::net::SocketAddr;

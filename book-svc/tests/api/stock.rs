@@ -1,7 +1,7 @@
 //! book-svc's side of the saga: reservations and releases, once each, never below zero.
 use futures::future::join_all;
 use library_platform::bus::EventEnvelope;
-use library_proto::book::{CreateBookRequest, GetBookRequest};
+use library_proto::book::{CheckStockRequest, CreateBookRequest, GetBookRequest};
 use library_proto::events::{BookBorrowed, BookReturned, LoanCanceled};
 
 use crate::helpers::{App, spawn_app};
@@ -154,4 +154,35 @@ async fn a_batch_serves_its_loans_first_come_first_served_per_book_and_only_thos
     assert!(app.saga.apply_batch(&returns).await.iter().all(Result::is_ok));
     assert_eq!(available(&app, &popular).await, 10);
     assert_eq!(available(&app, &scarce).await, 3);
+}
+
+#[tokio::test]
+async fn concurrent_stock_checks_each_answer_for_their_own_book_and_see_every_committed_change() {
+    let app = spawn_app().await;
+    let books = [book_with(&app, 3).await, book_with(&app, 7).await];
+    let client = app.client().await;
+    let check = |book_id: String, quantity: i32| {
+        let mut client = client.clone();
+        async move {
+            client
+                .check_stock(CheckStockRequest { book_id, quantity })
+                .await
+                .map(|reply| reply.into_inner())
+        }
+    };
+    // Enough at once that many share a query.
+    let replies = join_all((0..300).map(|n| check(books[n % 2].clone(), 1 + (n % 8) as i32))).await;
+    for (n, reply) in replies.into_iter().enumerate() {
+        let reply = reply.expect("checked");
+        let (available, quantity) = ([3, 7][n % 2], 1 + (n % 8) as i32);
+        assert_eq!(reply.available, available, "request {n}");
+        assert_eq!(reply.sufficient, quantity <= available, "request {n}");
+    }
+
+    app.deliver(&borrowed(&books[0], 2)).await.unwrap();
+    let reply = check(books[0].clone(), 1).await.expect("checked");
+    assert_eq!(reply.available, 1, "a check after a commit sees it");
+
+    let unknown = check(uuid::Uuid::new_v4().to_string(), 1).await;
+    assert_eq!(unknown.expect_err("unknown book").code(), tonic::Code::NotFound);
 }
