@@ -380,27 +380,23 @@ impl Circulation {
         Ok(loan)
     }
 
-    /// Saga: the copies are reserved, the loan becomes ACTIVE.
+    /// Saga: the copies are reserved, the loans become ACTIVE (a run of them in one statement;
+    /// a loan no longer PENDING stays as it is).
     ///
     /// # Errors
-    /// A database failure: the delivery is retried.
-    pub async fn activate(&self, txn: &DatabaseTransaction, reserved: StockReserved) -> Result<(), HandleError> {
+    /// A database failure: the deliveries are retried.
+    pub async fn activate(&self, txn: &DatabaseTransaction, reserved: &[StockReserved]) -> Result<(), HandleError> {
         let activated = loans::Entity::update_many()
             .col_expr(loans::Column::Status, Expr::val(LoanStatus::Active.as_str()))
             .col_expr(loans::Column::UpdatedAt, Expr::val(Utc::now()))
-            .filter(loans::Column::Id.eq(&reserved.loan_id))
+            .filter(loans::Column::Id.is_in(reserved.iter().map(|r| r.loan_id.as_str())))
             .filter(loans::Column::Status.eq(LoanStatus::Pending.as_str()))
-            .exec(txn)
-            .await?
-            .rows_affected;
-        if activated == 1 {
-            tracing::info!(loan_id = %reserved.loan_id, "loan active");
-            self.audit.record(
-                "activated",
-                &reserved.loan_id,
-                "",
-                json!({"quantity": reserved.quantity}),
-            );
+            .exec_with_returning(txn)
+            .await?;
+        for loan in activated {
+            tracing::info!(loan_id = %loan.id, "loan active");
+            self.audit
+                .record("activated", &loan.id, &loan.user_id, json!({"quantity": loan.quantity}));
         }
         Ok(())
     }

@@ -13,9 +13,10 @@ pub fn subscriptions(circulation: Circulation) -> Subscriptions {
     let (on_reserved, on_refused) = (circulation.clone(), circulation.clone());
     circulation
         .subscriptions("borrow-svc")
-        .on::<StockReserved, _>(move |event, _, txn| {
+        .on_batch::<StockReserved, _>(move |run, txn| {
             let circulation = on_reserved.clone();
-            Box::pin(async move { circulation.activate(txn, event).await })
+            let reserved: Vec<StockReserved> = run.into_iter().map(|(event, _)| event).collect();
+            Box::pin(async move { circulation.activate(txn, &reserved).await })
         })
         .on::<OutOfStock, _>(move |event, _, txn| {
             let circulation = on_refused.clone();
