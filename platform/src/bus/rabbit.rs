@@ -327,7 +327,9 @@ async fn consume_session(
     tracing::info!(%queue, "consuming");
     let dlx = bus.names.dead_letter_exchange();
     // Stop taking deliveries at shutdown; those in flight finish and are acknowledged. Whatever
-    // has arrived is applied as one batch (one transaction), up to BATCH at a time.
+    // has arrived is applied as one batch (one transaction), up to BATCH at a time. Batches are
+    // acknowledged in delivery order, each with one `multiple` ack: a later batch that commits
+    // first waits for the earlier one, so an ack never covers a delivery not yet applied.
     consumer
         .take_until(shutdown.clone().cancelled_owned())
         .ready_chunks(BATCH)
@@ -342,12 +344,17 @@ async fn consume_session(
                         Err(error) => broken = Some(error),
                     }
                 }
-                settle(channel, dlx, queue, subscriptions, deliveries).await?;
-                broken.map_or(Ok(()), Err)
+                let settled = settle(channel, dlx, queue, subscriptions, deliveries).await?;
+                Ok::<_, lapin::Error>((settled, broken))
             }
         })
-        .buffer_unordered(BATCHES_IN_FLIGHT)
-        .try_for_each(|()| futures::future::ready(Ok(())))
+        .buffered(BATCHES_IN_FLIGHT)
+        .try_for_each(|(settled, broken)| async move {
+            if let Some(last) = settled {
+                last.acker.ack(BasicAckOptions { multiple: true }).await?;
+            }
+            broken.map_or(Ok(()), Err)
+        })
         .await?;
     close_if_stopping(&channel, shutdown).await
 }
@@ -363,20 +370,23 @@ async fn close_if_stopping(channel: &Channel, shutdown: &CancellationToken) -> R
     }
 }
 
-/// Applies a batch of deliveries and acknowledges each; a message that cannot be applied is
-/// re-published to the dead-letter exchange with its error in `x-error`, then acknowledged.
+/// Applies a batch of deliveries; a message that cannot be applied is re-published to the
+/// dead-letter exchange with its error in `x-error`. Returns the last delivery now done with
+/// (applied or dead-lettered), whose `multiple` ack settles the batch; one that could not be
+/// dead-lettered is handed back to the queue at once.
 async fn settle(
     channel: &Channel,
     dlx: &str,
     queue: &str,
     subscriptions: &Subscriptions,
     deliveries: Vec<Delivery>,
-) -> Result<(), lapin::Error> {
+) -> Result<Option<Delivery>, lapin::Error> {
     let envelopes: Vec<EventEnvelope> = deliveries.iter().map(envelope_of).collect();
     let outcomes = subscriptions.apply_batch(&envelopes).await;
+    let mut done = None;
     for ((delivery, envelope), outcome) in deliveries.into_iter().zip(envelopes).zip(outcomes) {
         let Err(error) = outcome else {
-            delivery.acker.ack(BasicAckOptions::default()).await?;
+            done = Some(delivery);
             continue;
         };
         tracing::error!(%queue, event_id = %envelope.event_id, %error, "event dead-lettered");
@@ -397,7 +407,7 @@ async fn settle(
             )
             .await;
         if published.is_ok() {
-            delivery.acker.ack(BasicAckOptions::default()).await?;
+            done = Some(delivery);
         } else {
             delivery
                 .acker
@@ -408,7 +418,7 @@ async fn settle(
                 .await?;
         }
     }
-    Ok(())
+    Ok(done)
 }
 
 /// Listens on a private, exclusive queue (one per replica) until `shutdown`.
