@@ -8,6 +8,8 @@
 # they exit 0; drops everything it created.
 #
 # Usage: ci/bench.sh [--debug] [--duration 10s] [--events 20000] [--no-gateway] [--keep-logs]
+#                    [--only SCENARIO[,SCENARIO…]]   (check-stock, borrow, events, graphql-books,
+#                                                     graphql-borrow; default: all)
 #
 # Environment:
 #   CARGO_TARGET_DIR     build directory (default: $HOME/.cache/library-target)
@@ -32,6 +34,7 @@ DURATION=10s
 EVENTS=20000
 WITH_GATEWAY=1
 KEEP_LOGS=0
+ONLY=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --debug) PROFILE=debug ;;
@@ -39,6 +42,7 @@ while [[ $# -gt 0 ]]; do
     --events) EVENTS="${2:?--events needs a value}"; shift ;;
     --no-gateway) WITH_GATEWAY=0 ;;
     --keep-logs) KEEP_LOGS=1 ;;
+    --only) ONLY=",${2:?--only needs a value},"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -215,6 +219,7 @@ SCENARIOS=()
 scenario() {
   local name=$1
   shift
+  [[ -z $ONLY || $ONLY == *",$name,"* ]] || return 0
   log "scenario $name: library-load $*"
   if "$BIN/library-load" "$@" --json-file "$WORK/$name.json"; then
     SCENARIOS+=("$name")
