@@ -43,17 +43,17 @@ fn copies(n: i32) -> Change {
     }
 }
 
-/// Handles `E` by applying the change it means to its reader's dashboard.
+/// Handles `E` by applying the change it means to its reader's dashboard, a run at a time.
 fn project<E: DomainEvent>(
     subscriptions: Subscriptions,
     dashboards: &Dashboards,
     change_of: fn(&E) -> (String, Change),
 ) -> Subscriptions {
     let dashboards = dashboards.clone();
-    subscriptions.on::<E, _>(move |event, _, txn| {
+    subscriptions.on_batch::<E, _>(move |run, txn| {
         let dashboards = dashboards.clone();
-        let (user_id, change) = change_of(&event);
-        Box::pin(async move { dashboards.apply(txn, &user_id, change).await })
+        let changes = run.iter().map(|(event, _)| change_of(event)).collect();
+        Box::pin(async move { dashboards.apply(txn, changes).await })
     })
 }
 

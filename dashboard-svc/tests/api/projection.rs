@@ -2,6 +2,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use library_platform::bus::EventEnvelope;
 use library_proto::dashboard::{GetDashboardRequest, WatchDashboardRequest};
 use library_proto::events::{BookBorrowed, BookReturned, LateFeeCharged};
 
@@ -72,6 +73,29 @@ async fn an_event_applied_twice_counts_once_and_order_does_not_matter() {
     app.deliver(&fee).await;
     app.deliver(&borrow).await;
     assert_eq!(dashboard(&app, "bo").await, (0, 1000));
+}
+
+#[tokio::test]
+async fn a_batch_with_several_events_of_one_reader_counts_each_once() {
+    let app = spawn_app().await;
+    // One delivery batch as a busy queue hands it over: runs of one type, one reader several
+    // times in a run, another reader between, and a redelivery inside the batch.
+    let first = borrowed("cy", 1);
+    let batch: Vec<EventEnvelope> = vec![
+        EventEnvelope::of(&first),
+        EventEnvelope::of(&borrowed("cy", 2)),
+        EventEnvelope::of(&borrowed("di", 3)),
+        EventEnvelope::of(&first),
+        EventEnvelope::of(&borrowed("cy", 4)),
+        EventEnvelope::of(&returned("cy", 2)),
+        EventEnvelope::of(&charged("cy", 500)),
+        EventEnvelope::of(&charged("cy", 1000)),
+        EventEnvelope::of(&returned("di", 1)),
+    ];
+    let outcomes = app.projection.apply_batch(&batch).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(dashboard(&app, "cy").await, (5, 1500));
+    assert_eq!(dashboard(&app, "di").await, (2, 0));
 }
 
 #[tokio::test]
