@@ -18,7 +18,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, PublisherConfirm};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -97,16 +97,41 @@ impl RabbitBus {
     }
 
     pub(super) async fn publish(&self, batch: &[EventEnvelope]) -> Result<(), BusError> {
-        let mut slot = self.publisher.lock().await;
-        let result = self.publish_on(&mut slot, batch).await;
-        if result.is_err() {
-            // A channel that failed once is not trusted again.
-            *slot = None;
+        // The channel is held only while the batch is sent, not while the broker confirms it
+        // (it writes persistent messages to disk first), so several relays' batches overlap.
+        let (channel, confirms) = {
+            let mut slot = self.publisher.lock().await;
+            let sent = self.send_on(&mut slot, batch).await;
+            if sent.is_err() {
+                // A channel that failed once is not trusted again.
+                *slot = None;
+            }
+            sent?
+        };
+        for (envelope, confirm) in confirms {
+            let confirmed = match confirm.await {
+                Ok(confirmation) if confirmation.is_ack() => Ok(()),
+                Ok(_) => Err(BusError::Nacked(envelope.event_id.clone())),
+                Err(error) => Err(error.into()),
+            };
+            if confirmed.is_err() {
+                let mut slot = self.publisher.lock().await;
+                if slot.as_ref().is_some_and(|current| current.id() == channel.id()) {
+                    *slot = None;
+                }
+            }
+            confirmed?;
         }
-        result
+        Ok(())
     }
 
-    async fn publish_on(&self, slot: &mut Option<Channel>, batch: &[EventEnvelope]) -> Result<(), BusError> {
+    /// Sends `batch` on the publisher channel (opened in confirm mode if there is none), returning
+    /// the channel and the broker's confirmation to wait for, one per event.
+    async fn send_on<'b>(
+        &self,
+        slot: &mut Option<Channel>,
+        batch: &'b [EventEnvelope],
+    ) -> Result<(Channel, Vec<(&'b EventEnvelope, PublisherConfirm)>), BusError> {
         let channel = match slot.as_ref().filter(|c| c.status().connected()) {
             Some(channel) => channel.clone(),
             None => {
@@ -134,12 +159,7 @@ impl RabbitBus {
                 .await?;
             confirms.push((envelope, confirm));
         }
-        for (envelope, confirm) in confirms {
-            if !confirm.await?.is_ack() {
-                return Err(BusError::Nacked(envelope.event_id.clone()));
-            }
-        }
-        Ok(())
+        Ok((channel, confirms))
     }
 
     /// Declares `queue` with its bindings and its dead-letter queue.

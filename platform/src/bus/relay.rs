@@ -15,6 +15,8 @@ use super::{BusError, EventBus, EventEnvelope, Outbox};
 /// How long the relay sleeps when nothing woke it: the bound on how late a row written by a
 /// crashed process (or another replica's missed wake-up) is published.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Relay passes at once on PostgreSQL.
+const WORKERS: usize = 2;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the relay also prunes the processed-events table, and what it keeps.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -127,11 +129,31 @@ impl Relay {
 
     /// Relays until `shutdown`, then makes one last pass so events committed by requests that
     /// finished during the drain still leave.
+    ///
+    /// On PostgreSQL [`WORKERS`] passes run at once, each over rows the others have not locked:
+    /// a pass waits for the broker to write its batch to disk, and the next batch need not wait
+    /// for that. Consumers are indifferent to the order between batches (they already are
+    /// between replicas). On SQLite one pass runs at a time: it has no row locks to share work.
     pub async fn run(self, shutdown: CancellationToken) {
+        let workers = if self.db.get_database_backend() == DbBackend::Postgres {
+            WORKERS
+        } else {
+            1
+        };
+        futures::future::join_all((0..workers).map(|worker| self.work(worker == 0, &shutdown))).await;
+        let last = tokio::time::timeout(Duration::from_secs(5), self.relay_once()).await;
+        if let Ok(Err(error)) = last {
+            tracing::warn!(%error, "last outbox pass failed; the events leave at the next start");
+        }
+    }
+
+    /// One relaying loop until `shutdown`; `prunes` also forgets old processed events now and
+    /// then.
+    async fn work(&self, prunes: bool, shutdown: &CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
-            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            if prunes && pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 pruned_at = Some(tokio::time::Instant::now());
                 match super::prune_processed_events(&self.db, PROCESSED_RETENTION).await {
                     Ok(pruned) => tracing::debug!(pruned, "pruned processed events"),
@@ -160,10 +182,6 @@ impl Relay {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-        }
-        let last = tokio::time::timeout(Duration::from_secs(5), self.relay_once()).await;
-        if let Ok(Err(error)) = last {
-            tracing::warn!(%error, "last outbox pass failed; the events leave at the next start");
         }
     }
 }
