@@ -22,6 +22,16 @@ pub(super) enum OutboxEvents {
     OccurredAt,
 }
 
+/// The columns that hold an [`EventEnvelope`], in the order of its fields.
+pub(super) const ENVELOPE_COLUMNS: [OutboxEvents; 6] = [
+    OutboxEvents::EventId,
+    OutboxEvents::EventType,
+    OutboxEvents::RoutingKey,
+    OutboxEvents::Payload,
+    OutboxEvents::Traceparent,
+    OutboxEvents::OccurredAt,
+];
+
 #[derive(DeriveIden)]
 pub(super) enum ProcessedEvents {
     Table,
@@ -57,14 +67,7 @@ impl Outbox {
         envelopes: impl IntoIterator<Item = EventEnvelope>,
     ) -> Result<(), DbErr> {
         let mut insert = Query::insert();
-        insert.into_table(OutboxEvents::Table).columns([
-            OutboxEvents::EventId,
-            OutboxEvents::EventType,
-            OutboxEvents::RoutingKey,
-            OutboxEvents::Payload,
-            OutboxEvents::Traceparent,
-            OutboxEvents::OccurredAt,
-        ]);
+        insert.into_table(OutboxEvents::Table).columns(ENVELOPE_COLUMNS);
         let mut empty = true;
         for envelope in envelopes {
             empty = false;

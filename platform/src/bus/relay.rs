@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Transaction
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::OutboxEvents;
+use super::outbox::{ENVELOPE_COLUMNS, OutboxEvents};
 use super::{BusError, EventBus, EventEnvelope, Outbox};
 
 /// How long the relay sleeps when nothing woke it: the bound on how late a row written by a
@@ -85,15 +85,8 @@ impl Relay {
     async fn publish_batch(&self, conn: &impl ConnectionTrait, lock: bool) -> Result<Relayed, RelayError> {
         let mut select = Query::select();
         select
-            .columns([
-                OutboxEvents::Id,
-                OutboxEvents::EventId,
-                OutboxEvents::EventType,
-                OutboxEvents::RoutingKey,
-                OutboxEvents::Payload,
-                OutboxEvents::Traceparent,
-                OutboxEvents::OccurredAt,
-            ])
+            .column(OutboxEvents::Id)
+            .columns(ENVELOPE_COLUMNS)
             .from(OutboxEvents::Table)
             .order_by(OutboxEvents::Id, Order::Asc)
             .limit(self.batch_size);
