@@ -9,10 +9,10 @@ use library_proto::events::{
     BookBorrowed, BookRegistered, BookRemoved, BookUpdated, OutOfStock, StockChanged, StockReleased, StockReserved,
 };
 use library_proto::time::to_timestamp;
-use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
+use sea_orm::sea_query::{Asterisk, Expr, ExprTrait, Func, LikeExpr, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -264,9 +264,14 @@ impl Catalog {
                     ),
             );
         }
-        let total_count = books::Entity::find().filter(matching.clone()).count(&self.db).await?;
-        let mut page = matching;
-        if let Some(after) = after {
+        // The total rides along with the page's rows, one query instead of two.
+        let total = Query::select()
+            .expr(Expr::col(Asterisk).count())
+            .from(books::Entity)
+            .cond_where(matching.clone())
+            .to_owned();
+        let mut page = matching.clone();
+        if let Some(after) = &after {
             let (title, id) = (after[0].clone(), after[1].clone());
             page = page.add(
                 Condition::any()
@@ -274,13 +279,22 @@ impl Catalog {
                     .add(books::Column::Title.eq(title).and(books::Column::Id.gt(id))),
             );
         }
-        let mut books = books::Entity::find()
+        let rows = books::Entity::find()
             .filter(page)
+            .expr_as(Expr::SubQuery(None, Box::new(total.into())), "total_count")
             .order_by_asc(books::Column::Title)
             .order_by_asc(books::Column::Id)
             .limit(limit + 1)
+            .into_model::<Listed>()
             .all(&self.db)
             .await?;
+        let total_count = match rows.first() {
+            Some(row) => u64::try_from(row.total_count).unwrap_or(0),
+            // Nothing matches at all, or nothing after the cursor: only then a query of its own.
+            None if after.is_none() => 0,
+            None => books::Entity::find().filter(matching).count(&self.db).await?,
+        };
+        let mut books: Vec<Book> = rows.into_iter().map(|row| row.book).collect();
         let has_more = books.len() as u64 > limit;
         books.truncate(limit as usize);
         let next_page_token = match (has_more, books.last()) {
@@ -470,6 +484,21 @@ async fn take_copies(txn: &DatabaseTransaction, book: &Book, quantity: i32) -> R
         .into_iter()
         .next()
         .ok_or_else(|| HandleError::Failed(format!("the stock of book {} changed under its lock", book.id)))
+}
+
+/// A book of a listed page, with the count of all books matching the search.
+struct Listed {
+    book: Book,
+    total_count: i64,
+}
+
+impl FromQueryResult for Listed {
+    fn from_query_result(row: &QueryResult, prefix: &str) -> Result<Self, DbErr> {
+        Ok(Self {
+            book: Book::from_query_result(row, prefix)?,
+            total_count: row.try_get(prefix, "total_count")?,
+        })
+    }
 }
 
 fn escape_like(s: &str) -> String {

@@ -184,6 +184,42 @@ async fn the_catalogue_is_searched_and_paged_by_title() {
     }
     assert_eq!(seen, vec!["Dune", "Emma", "Persuasion", "Ulysses"]);
 
+    // A cursor past the last book (it was removed meanwhile): an empty page, still the total.
+    let first = client
+        .list_books(ListBooksRequest {
+            page_size: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ulysses = client
+        .list_books(ListBooksRequest {
+            search: "ulysses".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .books
+        .remove(0);
+    client
+        .delete_book(DeleteBookRequest { id: ulysses.id })
+        .await
+        .unwrap();
+    let past_the_end = client
+        .list_books(ListBooksRequest {
+            page_size: 3,
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(past_the_end.books.is_empty());
+    assert_eq!(past_the_end.total_count, 3);
+    assert!(past_the_end.next_page_token.is_empty());
+
     for bad in [
         ListBooksRequest {
             page_size: 101,
