@@ -203,10 +203,7 @@ async fn the_catalogue_is_searched_and_paged_by_title() {
         .into_inner()
         .books
         .remove(0);
-    client
-        .delete_book(DeleteBookRequest { id: ulysses.id })
-        .await
-        .unwrap();
+    client.delete_book(DeleteBookRequest { id: ulysses.id }).await.unwrap();
     let past_the_end = client
         .list_books(ListBooksRequest {
             page_size: 3,
