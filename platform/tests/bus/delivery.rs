@@ -141,3 +141,67 @@ async fn pruning_forgets_processed_events_older_than_the_retention_only() {
         .unwrap();
     assert_eq!(pruned, 1);
 }
+
+#[tokio::test]
+async fn a_batch_reaches_handlers_as_runs_of_one_type_in_delivery_order_each_event_once() {
+    use std::sync::{Arc, Mutex};
+
+    use library_platform::bus::Subscriptions;
+    use library_proto::events::{StockChanged, StockReleased};
+
+    let db = sqlite().await;
+    let runs: Arc<Mutex<Vec<(&'static str, Vec<String>)>>> = Arc::default();
+    let (changed, released) = (runs.clone(), runs.clone());
+    let subscriptions = Subscriptions::new("runs", db, Outbox::default())
+        .on_batch::<StockChanged, _>(move |run, _| {
+            let ids = run.into_iter().map(|(event, _)| event.book_id).collect();
+            changed.lock().unwrap().push(("changed", ids));
+            Box::pin(async { Ok(()) })
+        })
+        .on::<StockReleased, _>(move |event, _, _| {
+            released.lock().unwrap().push(("released", vec![event.book_id]));
+            Box::pin(async { Ok(()) })
+        });
+    let changed = |book: &str| {
+        EventEnvelope::of(&StockChanged {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            book_id: book.into(),
+            ..Default::default()
+        })
+    };
+    let released = |book: &str| {
+        EventEnvelope::of(&StockReleased {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            book_id: book.into(),
+            ..Default::default()
+        })
+    };
+    let first = changed("a");
+    let batch = vec![
+        first.clone(),
+        changed("b"),
+        released("c"),
+        released("d"),
+        changed("e"),
+        first,
+        changed("f"),
+    ];
+    let outcomes = subscriptions.apply_batch(&batch).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let owned = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        *runs.lock().unwrap(),
+        vec![
+            ("changed", owned(&["a", "b"])),
+            ("released", owned(&["c"])),
+            ("released", owned(&["d"])),
+            ("changed", owned(&["e", "f"])),
+        ],
+        "a per-event handler gets one event at a time; the redelivered `a` is skipped"
+    );
+
+    // Delivered again later, nothing reaches a handler.
+    runs.lock().unwrap().clear();
+    assert!(subscriptions.apply_batch(&batch).await.iter().all(Result::is_ok));
+    assert!(runs.lock().unwrap().is_empty());
+}
