@@ -150,7 +150,9 @@ async fn a_batch_reaches_handlers_as_runs_of_one_type_in_delivery_order_each_eve
     use library_proto::events::{StockChanged, StockReleased};
 
     let db = sqlite().await;
-    let runs: Arc<Mutex<Vec<(&'static str, Vec<String>)>>> = Arc::default();
+    /// What each handler call got: the handler, and the book ids of its run.
+    type Runs = Arc<Mutex<Vec<(&'static str, Vec<String>)>>>;
+    let runs: Runs = Arc::default();
     let (changed, released) = (runs.clone(), runs.clone());
     let subscriptions = Subscriptions::new("runs", db, Outbox::default())
         .on_batch::<StockChanged, _>(move |run, _| {
