@@ -24,12 +24,13 @@ use crate::schema::{LibrarySchema, request_data};
 pub struct AppState {
     pub schema: LibrarySchema,
     pub keys: JwtKeys,
-    pub downstreams: Downstreams,
+    pub downstreams: Arc<Downstreams>,
     /// False from the moment the gateway begins to stop: Kubernetes stops routing first.
     pub ready: Arc<AtomicBool>,
 }
 
-/// The gateway's routes.
+/// The gateway's routes. The state is shared, not cloned per request (its keys and clients
+/// would be).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(graphiql))
@@ -39,7 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 async fn graphiql() -> Html<String> {
@@ -82,7 +83,7 @@ impl IntoResponse for BadRequest {
 }
 
 async fn graphql(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     request: GraphQLRequest<BadRequest>,
 ) -> GraphQLResponse {
@@ -108,16 +109,15 @@ async fn graphql(
     response.into()
 }
 
-async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+async fn graphql_ws(
+    State(state): State<Arc<AppState>>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
-            let AppState {
-                schema,
-                keys,
-                downstreams,
-                ..
-            } = state;
+            let (schema, keys, downstreams) = (state.schema.clone(), state.keys.clone(), state.downstreams.clone());
             GraphQLWebSocket::new(socket, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let auth = auth_from_init(&keys, &payload);
@@ -137,7 +137,7 @@ fn auth_from_init(keys: &JwtKeys, payload: &serde_json::Value) -> Auth {
     keys.authenticate(header)
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready")
     } else {

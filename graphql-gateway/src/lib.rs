@@ -156,7 +156,7 @@ impl Application {
         let state = http::AppState {
             schema: schema::build(downstreams.clone(), shutdown.clone()),
             keys: JwtKeys::new(secret),
-            downstreams,
+            downstreams: Arc::new(downstreams),
             ready: Arc::new(AtomicBool::new(false)),
         };
         Ok(Self {

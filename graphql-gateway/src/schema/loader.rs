@@ -1,5 +1,6 @@
 //! Batches `Loan.book` lookups: one `BatchGetBooks` call per request, not one per loan.
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use library_proto::book::BatchGetBooksRequest;
 
@@ -8,7 +9,7 @@ use crate::downstream::Downstreams;
 use crate::error::GatewayError;
 
 pub struct BookLoader {
-    pub downstreams: Downstreams,
+    pub downstreams: Arc<Downstreams>,
 }
 
 impl async_graphql::dataloader::Loader<String> for BookLoader {

@@ -1,7 +1,10 @@
 //! The GraphQL schema of CONTRACT.md: queries, mutations and subscriptions, each a thin
 //! translation to one service call.
 mod loader;
+mod parse_cache;
 mod types;
+
+use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, Data, ID, Object, Schema, Subscription};
@@ -40,11 +43,12 @@ pub fn build(downstreams: Downstreams, shutdown: CancellationToken) -> LibrarySc
         .data(Shutdown(shutdown))
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
+        .extension(parse_cache::ParseCache::new())
         .finish()
 }
 
 /// What each request (or WebSocket connection) carries: who asks, and its own book loader.
-pub fn request_data(downstreams: &Downstreams, auth: Auth) -> Data {
+pub fn request_data(downstreams: &Arc<Downstreams>, auth: Auth) -> Data {
     let mut data = Data::default();
     data.insert(auth);
     data.insert(DataLoader::new(
