@@ -17,6 +17,7 @@ quick=0
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/library-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
+amqp_given=${TEST_AMQP_URL:+1}
 export TEST_AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 
 started=$SECONDS
@@ -75,6 +76,22 @@ if ! port_open 5672; then
   as_root rabbitmq-server -detached || true
   wait_port 5672
   as_root rabbitmqctl await_startup >/dev/null 2>&1 || true
+fi
+# The tests declare exchanges and queues under unique names; run them in a vhost of their own,
+# deleted at the end, so nothing they declare outlives the run (exchanges never expire). Also
+# removes what a run that was killed left. Without rabbitmqctl (a broker in a container), or
+# with TEST_AMQP_URL given, the tests use that vhost as it is.
+if [[ -z $amqp_given ]] && command -v rabbitmqctl >/dev/null; then
+  for vhost in $(as_root rabbitmqctl -q list_vhosts 2>/dev/null | grep '^library_test_' || true); do
+    as_root rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
+  done
+  test_vhost="library_test_$(date +%s)_$$"
+  if as_root rabbitmqctl -q add_vhost "$test_vhost" >/dev/null 2>&1 &&
+    as_root rabbitmqctl -q set_permissions -p "$test_vhost" guest '.*' '.*' '.*' >/dev/null 2>&1; then
+    export TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$test_vhost"
+    trap 'as_root rabbitmqctl -q delete_vhost "$test_vhost" >/dev/null 2>&1 || true' EXIT
+    echo "tests use the RabbitMQ vhost $test_vhost"
+  fi
 fi
 
 stage "format"
