@@ -104,7 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     let mut configs = service_configs(&config, &jwt_secret).await?;
     let bus = match &config.amqp_url {
-        Some(url) if !url.trim().is_empty() => EventBus::rabbitmq(url, BusNames::default())?.with_system_queues(),
+        Some(url) if !url.trim().is_empty() => EventBus::rabbitmq_for_system(url, BusNames::default())?,
         _ => EventBus::in_process(),
     };
 

@@ -16,6 +16,14 @@ pub fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The test broker as a service of the system uses it, under `names`.
+///
+/// # Panics
+/// When [`amqp_url`] is not an AMQP URL.
+pub fn system_bus(names: &BusNames) -> crate::bus::EventBus {
+    crate::bus::EventBus::rabbitmq_for_system(&amqp_url(), names.clone()).expect("TEST_AMQP_URL is an AMQP URL")
+}
+
 /// Creates an empty database with a unique name and returns its URL.
 ///
 /// # Panics

@@ -1,8 +1,9 @@
 //! Faults: book-svc down, and a crash between a loan's commit and its event's publication.
 use library_platform::bus::EventBus;
+use library_platform::test_support::system_bus;
 use library_proto::borrow::LoanStatus;
 
-use crate::helpers::{System, WAIT, bus, eventually, start_book, start_borrow};
+use crate::helpers::{System, WAIT, eventually, start_book, start_borrow};
 
 #[tokio::test]
 async fn with_book_svc_stopped_an_over_borrow_is_accepted_then_canceled_by_the_saga() {
@@ -50,7 +51,7 @@ async fn a_crash_between_the_loans_commit_and_its_publication_still_delivers_the
 
     // The loan is PENDING, its event in the outbox; the restarted service publishes it.
     assert_eq!(system.loan(&loan.id).await.status(), LoanStatus::Pending);
-    let restarted = start_borrow(&system.borrow_db, bus(&system.names), system.book_port, &[]).await;
+    let restarted = start_borrow(&system.borrow_db, system_bus(&system.names), system.book_port, &[]).await;
     system.wait_for_status(&loan.id, LoanStatus::Active).await;
     assert!(eventually(WAIT, || async { system.book(&book.id).await.available_copies == 1 }).await);
     drop(restarted);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 use library_platform::bus::{BusNames, EventBus};
 pub use library_platform::test_support::eventually;
-use library_platform::test_support::{amqp_url, fresh_bus_names, fresh_postgres_database, init_tracing};
+use library_platform::test_support::{fresh_bus_names, fresh_postgres_database, init_tracing, system_bus};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::book::book_service_client::BookServiceClient;
 use library_proto::book::{Book, CreateBookRequest, GetBookRequest};
@@ -37,12 +37,6 @@ impl Drop for Running {
     }
 }
 
-pub fn bus(names: &BusNames) -> EventBus {
-    EventBus::rabbitmq(&amqp_url(), names.clone())
-        .expect("bus")
-        .with_system_queues()
-}
-
 pub async fn start_book(database_url: &str, names: &BusNames) -> Running {
     let config = book_svc::Config::try_parse_from([
         "book-svc",
@@ -53,7 +47,7 @@ pub async fn start_book(database_url: &str, names: &BusNames) -> Running {
     ])
     .expect("config");
     let shutdown = CancellationToken::new();
-    let app = book_svc::Application::build(&config, bus(names), shutdown.clone())
+    let app = book_svc::Application::build(&config, system_bus(names), shutdown.clone())
         .await
         .expect("book-svc builds");
     let port = app.port();
@@ -115,7 +109,7 @@ impl System {
         let book_db = fresh_postgres_database("book").await;
         let borrow_db = fresh_postgres_database("borrow").await;
         let book = start_book(&book_db, &names).await;
-        let borrow = start_borrow(&borrow_db, bus(&names), book.port, extra).await;
+        let borrow = start_borrow(&borrow_db, system_bus(&names), book.port, extra).await;
         Self {
             book_port: book.port,
             names,

@@ -1,7 +1,7 @@
 //! A dashboard-svc on port 0 over a fresh PostgreSQL database and fresh broker names.
 use clap::Parser;
-use library_platform::bus::{EventBus, EventEnvelope, Subscriptions};
-use library_platform::test_support::{amqp_url, fresh_bus_names, fresh_postgres_database, init_tracing};
+use library_platform::bus::{EventEnvelope, Subscriptions};
+use library_platform::test_support::{fresh_bus_names, fresh_postgres_database, init_tracing, system_bus};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::dashboard::dashboard_service_client::DashboardServiceClient;
 use tonic::transport::Channel;
@@ -38,9 +38,7 @@ pub async fn spawn_app() -> App {
         &url,
     ])
     .expect("config");
-    let bus = EventBus::rabbitmq(&amqp_url(), fresh_bus_names())
-        .expect("bus")
-        .with_system_queues();
+    let bus = system_bus(&fresh_bus_names());
     let shutdown = CancellationToken::new();
     let app = dashboard_svc::Application::build(&config, bus, shutdown.clone())
         .await

@@ -140,6 +140,15 @@ impl EventBus {
         })
     }
 
+    /// RabbitMQ at `url` as a service of the system uses it: every consumer queue of the system
+    /// declared before the first publish ([`Self::with_system_queues`]).
+    ///
+    /// # Errors
+    /// A URL that is not `amqp://` or `amqps://`.
+    pub fn rabbitmq_for_system(url: &str, names: BusNames) -> Result<Self, BusError> {
+        Ok(Self::rabbitmq(url, names)?.with_system_queues())
+    }
+
     /// The in-process transport (the all-in-one's default).
     pub fn in_process() -> Self {
         Self {
