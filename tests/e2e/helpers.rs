@@ -195,6 +195,24 @@ struct Process {
 }
 
 impl Process {
+    /// A process not started yet, logging to `<dir>/<name>.log`.
+    fn new(
+        name: &'static str,
+        program: PathBuf,
+        env: Vec<(String, String)>,
+        dir: &Path,
+        grpc_port: Option<u16>,
+    ) -> Self {
+        Self {
+            name,
+            program,
+            env,
+            log: dir.join(format!("{name}.log")),
+            grpc_port,
+            child: None,
+        }
+    }
+
     fn spawn(&mut self, dir: &Path, janitor: &mut Janitor) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = std::fs::OpenOptions::new()
@@ -315,14 +333,7 @@ impl System {
             ("RUST_LOG".to_owned(), "warn".to_owned()),
         ];
         env.extend(settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let mut process = Process {
-            name: "library",
-            program: PathBuf::from(env!("CARGO_BIN_EXE_library")),
-            env,
-            log: dir.join("library.log"),
-            grpc_port: None,
-            child: None,
-        };
+        let mut process = Process::new("library", PathBuf::from(env!("CARGO_BIN_EXE_library")), env, &dir, None);
         process.spawn(&dir, &mut janitor);
         let system = System {
             http_url: format!("http://127.0.0.1:{port}"),
@@ -408,58 +419,54 @@ impl System {
         };
         let [book_bin, borrow_bin, dashboard_bin, gateway_bin] = binaries;
         let mut processes = vec![
-            Process {
-                name: "book-svc",
-                program: book_bin,
-                env: common(vec![
+            Process::new(
+                "book-svc",
+                book_bin,
+                common(vec![
                     ("BOOK_GRPC_ADDR", format!("127.0.0.1:{book_port}")),
                     ("DATABASE_URL", databases[0].clone()),
                     ("AMQP_URL", amqp_url.clone()),
                 ]),
-                log: dir.join("book-svc.log"),
-                grpc_port: Some(book_port),
-                child: None,
-            },
-            Process {
-                name: "borrow-svc",
-                program: borrow_bin,
-                env: common(vec![
+                &dir,
+                Some(book_port),
+            ),
+            Process::new(
+                "borrow-svc",
+                borrow_bin,
+                common(vec![
                     ("BORROW_GRPC_ADDR", format!("127.0.0.1:{borrow_port}")),
                     ("BOOK_SVC_URL", format!("http://127.0.0.1:{book_port}")),
                     ("LIBRARY_STOCK_CHECK_TIMEOUT_MS", STOCK_CHECK_TIMEOUT_MS.to_owned()),
                     ("DATABASE_URL", databases[1].clone()),
                     ("AMQP_URL", amqp_url.clone()),
                 ]),
-                log: dir.join("borrow-svc.log"),
-                grpc_port: Some(borrow_port),
-                child: None,
-            },
-            Process {
-                name: "dashboard-svc",
-                program: dashboard_bin,
-                env: common(vec![
+                &dir,
+                Some(borrow_port),
+            ),
+            Process::new(
+                "dashboard-svc",
+                dashboard_bin,
+                common(vec![
                     ("DASHBOARD_GRPC_ADDR", format!("127.0.0.1:{dashboard_port}")),
                     ("DATABASE_URL", databases[2].clone()),
                     ("AMQP_URL", amqp_url.clone()),
                 ]),
-                log: dir.join("dashboard-svc.log"),
-                grpc_port: Some(dashboard_port),
-                child: None,
-            },
-            Process {
-                name: "graphql-gateway",
-                program: gateway_bin,
-                env: common(vec![
+                &dir,
+                Some(dashboard_port),
+            ),
+            Process::new(
+                "graphql-gateway",
+                gateway_bin,
+                common(vec![
                     ("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
                     ("BOOK_SVC_URL", format!("http://127.0.0.1:{book_port}")),
                     ("BORROW_SVC_URL", format!("http://127.0.0.1:{borrow_port}")),
                     ("DASHBOARD_SVC_URL", format!("http://127.0.0.1:{dashboard_port}")),
                     ("LIBRARY_JWT_SECRET", secret.clone()),
                 ]),
-                log: dir.join("graphql-gateway.log"),
-                grpc_port: None,
-                child: None,
-            },
+                &dir,
+                None,
+            ),
         ];
         for process in &mut processes {
             if !not_started.contains(&process.name) {
@@ -618,14 +625,7 @@ impl System {
                 }
             }
             let replica_name: &'static str = Box::leak(format!("{name}-replica-{}", processes.len()).into_boxed_str());
-            let mut replica = Process {
-                name: replica_name,
-                program: original.program.clone(),
-                env,
-                log: self.dir.join(format!("{replica_name}.log")),
-                grpc_port: Some(port),
-                child: None,
-            };
+            let mut replica = Process::new(replica_name, original.program.clone(), env, &self.dir, Some(port));
             let mut janitor = self.janitor.lock().expect("janitor");
             replica.spawn(&self.dir, &mut janitor);
             processes.push(replica);
