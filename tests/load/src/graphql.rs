@@ -42,12 +42,8 @@ pub struct BooksArgs {
 /// `graphql-borrow`: the settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BorrowArgs {
-    /// The gateway's GraphQL endpoint.
-    #[arg(long, default_value = DEFAULT_URL)]
-    pub url: String,
-    /// The gateway's HS256 key, to sign the admin's and the readers' tokens.
-    #[arg(long, env = "LIBRARY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    #[command(flatten)]
+    pub gateway: SignedGateway,
     #[command(flatten)]
     pub load: LoadArgs,
     #[command(flatten)]
@@ -57,14 +53,31 @@ pub struct BorrowArgs {
 /// `hpa`: the settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct HpaArgs {
+    #[command(flatten)]
+    pub gateway: SignedGateway,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// The gateway of the scenarios that act as signed-in users.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SignedGateway {
     /// The gateway's GraphQL endpoint.
     #[arg(long, default_value = DEFAULT_URL)]
     pub url: String,
     /// The gateway's HS256 key, to sign the admin's and the readers' tokens.
     #[arg(long, env = "LIBRARY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
-    #[command(flatten)]
-    pub load: LoadArgs,
+}
+
+impl SignedGateway {
+    /// A client, the token issuer, and the book the scenario borrows (created as admin).
+    async fn prepare(&self, load: &LoadArgs, scenario: &str) -> anyhow::Result<(Client, Arc<Tokens>, Arc<str>)> {
+        let client = Client::new(&self.url, load)?;
+        let tokens = Arc::new(Tokens::new(&self.jwt_secret));
+        let book_id = create_book(&client, &tokens, scenario).await?.into();
+        Ok((client, tokens, book_id))
+    }
 }
 
 /// `POST { books(first: 20) { … } }` from every task, without a token.
@@ -88,9 +101,7 @@ pub async fn books(args: &BooksArgs) -> anyhow::Result<Report> {
 /// Creates a book as admin, then each request borrows one copy as a new reader; for a sample,
 /// polls that reader's dashboard until it counts the copy.
 pub async fn borrow(args: &BorrowArgs) -> anyhow::Result<Report> {
-    let client = Client::new(&args.url, &args.load)?;
-    let tokens = Arc::new(Tokens::new(&args.jwt_secret));
-    let book_id: Arc<str> = create_book(&client, &tokens, "graphql-borrow").await?.into();
+    let (client, tokens, book_id) = args.gateway.prepare(&args.load, "graphql-borrow").await?;
     let probes = Probes::new(args.probes.clone());
     let (tag, sampler) = (run_tag(), probes.clone());
     let run = drive(&args.load, move |slot| {
@@ -108,7 +119,7 @@ pub async fn borrow(args: &BorrowArgs) -> anyhow::Result<Report> {
         }
     })
     .await?;
-    let mut report = run.report("graphql-borrow", &args.url, &args.load);
+    let mut report = run.report("graphql-borrow", &args.gateway.url, &args.load);
     report
         .lags
         .push(probes.finish("reply -> dashboard borrowedCount").await);
@@ -118,9 +129,7 @@ pub async fn borrow(args: &BorrowArgs) -> anyhow::Result<Report> {
 /// The seed's `siege -c20 -t40S` on the borrow listing: each virtual user alternates
 /// `borrowBook` and `myLoans`, switching to a new reader every few borrows.
 pub async fn hpa(args: &HpaArgs) -> anyhow::Result<Report> {
-    let client = Client::new(&args.url, &args.load)?;
-    let tokens = Arc::new(Tokens::new(&args.jwt_secret));
-    let book_id: Arc<str> = create_book(&client, &tokens, "hpa").await?.into();
+    let (client, tokens, book_id) = args.gateway.prepare(&args.load, "hpa").await?;
     let tag = run_tag();
     let run = drive(&args.load, move |slot: Slot| {
         let (client, tokens, book_id) = (client.clone(), tokens.clone(), book_id.clone());
@@ -141,7 +150,7 @@ pub async fn hpa(args: &HpaArgs) -> anyhow::Result<Report> {
         }
     })
     .await?;
-    Ok(run.report("hpa", &args.url, &args.load))
+    Ok(run.report("hpa", &args.gateway.url, &args.load))
 }
 
 async fn borrow_book(client: &Client, token: &str, book_id: &str) -> Result<(), Failure> {
