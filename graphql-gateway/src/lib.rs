@@ -114,7 +114,7 @@ impl Application {
         let secret =
             library_platform::config::required("LIBRARY_JWT_SECRET", &config.jwt_secret).map_err(anyhow::Error::msg)?;
         let deadline = Duration::from_millis(config.downstream_timeout_ms);
-        let downstreams = Downstreams {
+        let downstreams = Arc::new(Downstreams {
             book: Downstream::new(
                 "book",
                 BookServiceClient::new(guarded_channel(
@@ -148,7 +148,7 @@ impl Application {
                 config.read_concurrency,
                 deadline,
             ),
-        };
+        });
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("GATEWAY_HTTP_ADDR: cannot listen on {}", config.http_addr))?;
@@ -156,7 +156,7 @@ impl Application {
         let state = http::AppState {
             schema: schema::build(downstreams.clone(), shutdown.clone()),
             keys: JwtKeys::new(secret),
-            downstreams: Arc::new(downstreams),
+            downstreams,
             ready: Arc::new(AtomicBool::new(false)),
         };
         Ok(Self {

@@ -37,7 +37,7 @@ pub const MAX_DEPTH: usize = 10;
 pub const MAX_COMPLEXITY: usize = 500;
 
 /// Builds the schema over `downstreams`; `shutdown` ends subscriptions when the gateway stops.
-pub fn build(downstreams: Downstreams, shutdown: CancellationToken) -> LibrarySchema {
+pub fn build(downstreams: Arc<Downstreams>, shutdown: CancellationToken) -> LibrarySchema {
     Schema::build(Query, Mutation, Subscription)
         .data(downstreams)
         .data(Shutdown(shutdown))
@@ -68,7 +68,7 @@ fn auth<'a>(ctx: &'a Context<'_>) -> &'a Auth {
 }
 
 fn downstreams<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Downstreams> {
-    ctx.data::<Downstreams>()
+    ctx.data::<Arc<Downstreams>>().map(Arc::as_ref)
 }
 
 fn page_size(first: i32) -> Result<i32, GatewayError> {
