@@ -3,11 +3,10 @@
 //! idempotency keys hold under concurrent requests.
 use chrono::{DateTime, Utc};
 use library_platform::bus::{HandleError, Outbox, Subscriptions};
-use library_platform::database::is_unique_violation;
 use library_platform::paging::{self, PagingError};
-use library_proto::events::{BookBorrowed, BookReturned, LateFeeCharged, LoanCanceled, OutOfStock, StockReserved};
+use library_proto::events::{BookReturned, LateFeeCharged, LoanCanceled, OutOfStock, StockReserved};
 use library_proto::time::to_timestamp;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
@@ -17,6 +16,7 @@ use uuid::Uuid;
 
 use crate::audit::AuditLog;
 use crate::domain::{LoanPolicy, LoanStatus, ReturnError, copies_to_return};
+use crate::loan_writer::{LoanWriter, NewLoan, find_by_key};
 use crate::stock::{StockCheck, StockChecker};
 use crate::store::{loan_returns, loans, readers};
 
@@ -67,7 +67,7 @@ pub fn status_of(loan: &Loan) -> LoanStatus {
     loan.status.parse().unwrap_or(LoanStatus::Pending)
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     Uuid::now_v7().to_string()
 }
 
@@ -79,6 +79,7 @@ pub struct Circulation {
     policy: LoanPolicy,
     stock: StockChecker,
     audit: AuditLog,
+    writer: LoanWriter,
 }
 
 impl Circulation {
@@ -89,12 +90,14 @@ impl Circulation {
         stock: StockChecker,
         audit: AuditLog,
     ) -> Self {
+        let writer = LoanWriter::start(db.clone(), outbox.clone(), policy.clone(), audit.clone());
         Self {
             db,
             outbox,
             policy,
             stock,
             audit,
+            writer,
         }
     }
 
@@ -138,65 +141,14 @@ impl Circulation {
             StockCheck::UnknownBook => return Err(CirculationError::BookNotFound),
         }
 
-        let txn = self.db.begin().await?;
-        let allowed = take_allowance(&txn, user_id, quantity, max).await?;
-        // Checked again under the reader's lock: a twin request may have committed meanwhile.
-        if let Some(key) = &idempotency_key
-            && let Some(loan) = find_by_key(&txn, user_id, key).await?
-        {
-            txn.rollback().await?;
-            return Ok(loan);
-        }
-        if !allowed {
-            let outstanding = outstanding_of(&txn, user_id).await?;
-            txn.rollback().await?;
-            return Err(CirculationError::LimitReached { outstanding, max });
-        }
-        let now = Utc::now();
-        let loan = loans::ActiveModel {
-            id: Set(new_id()),
-            user_id: Set(user_id.to_owned()),
-            book_id: Set(book_id.to_owned()),
-            quantity: Set(quantity),
-            returned_quantity: Set(0),
-            status: Set(LoanStatus::Pending.as_str().to_owned()),
-            borrowed_at: Set(now),
-            due_at: Set(self.policy.due_at(now)),
-            late_fee: Set(0),
-            cancel_reason: Set(None),
-            idempotency_key: Set(idempotency_key.clone()),
-            updated_at: Set(now),
-        };
-        let loan = match loan.insert(&txn).await {
-            Ok(loan) => loan,
-            Err(e) if is_unique_violation(&e) && idempotency_key.is_some() => {
-                txn.rollback().await?;
-                let key = idempotency_key.unwrap_or_default();
-                return find_by_key(&self.db, user_id, &key)
-                    .await?
-                    .ok_or(CirculationError::Database(e));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let borrowed = BookBorrowed {
-            event_id: new_id(),
-            occurred_at: Some(to_timestamp(now)),
-            loan_id: loan.id.clone(),
-            user_id: loan.user_id.clone(),
-            book_id: loan.book_id.clone(),
-            quantity,
-            due_at: Some(to_timestamp(loan.due_at)),
-        };
-        self.outbox.enqueue(&txn, &borrowed).await?;
-        self.outbox.commit(txn).await?;
-        tracing::info!(loan_id = %loan.id, %user_id, %book_id, quantity, "loan accepted");
-        self.audit.record(
-            "borrowed",
-            &loan.id,
-            user_id,
-            json!({"book_id": book_id, "quantity": quantity}),
-        );
-        Ok(loan)
+        self.writer
+            .write(NewLoan {
+                user_id: user_id.to_owned(),
+                book_id: book_id.to_owned(),
+                quantity,
+                idempotency_key,
+            })
+            .await
     }
 
     /// Returns `requested` copies (all outstanding when `None`) of `loan_id` for `user_id`,
@@ -439,42 +391,6 @@ impl Circulation {
             .record("canceled", &loan.id, &loan.user_id, json!({"reason": reason}));
         Ok(())
     }
-}
-
-async fn find_by_key(conn: &impl ConnectionTrait, user_id: &str, key: &str) -> Result<Option<Loan>, DbErr> {
-    loans::Entity::find()
-        .filter(loans::Column::UserId.eq(user_id))
-        .filter(loans::Column::IdempotencyKey.eq(key))
-        .one(conn)
-        .await
-}
-
-/// Adds `quantity` to the reader's outstanding copies (creating the reader) unless that would
-/// pass `max`; `false` when it would. One statement, which also locks the reader's row until the
-/// transaction ends (PostgreSQL locks a conflicting row even when the update's condition refuses
-/// it), so one reader's borrows take turns; SQLite has a single writer anyway.
-async fn take_allowance(txn: &DatabaseTransaction, user_id: &str, quantity: i32, max: i32) -> Result<bool, DbErr> {
-    let outstanding = || Expr::col((readers::Entity, readers::Column::Outstanding));
-    let upsert = Query::insert()
-        .into_table(readers::Entity)
-        .columns([readers::Column::UserId, readers::Column::Outstanding])
-        .values_panic([user_id.into(), quantity.into()])
-        .on_conflict(
-            OnConflict::column(readers::Column::UserId)
-                .value(readers::Column::Outstanding, outstanding().add(quantity))
-                .action_and_where(outstanding().add(quantity).lte(max))
-                .to_owned(),
-        )
-        .returning_col(readers::Column::Outstanding)
-        .to_owned();
-    Ok(txn.query_one(&upsert).await?.is_some())
-}
-
-async fn outstanding_of(conn: &impl ConnectionTrait, user_id: &str) -> Result<i32, DbErr> {
-    Ok(readers::Entity::find_by_id(user_id)
-        .one(conn)
-        .await?
-        .map_or(0, |reader| reader.outstanding))
 }
 
 async fn add_outstanding(txn: &DatabaseTransaction, user_id: &str, delta: i32) -> Result<(), DbErr> {

@@ -11,6 +11,7 @@
 //! - `domain`: statuses, quantities, due dates, days late, fee tiers (no I/O).
 //! - `store`: sea-orm entities and migrations.
 //! - `circulation`: the use cases, each a transaction with its outbox events.
+//! - `loan_writer`: stores the borrows that arrive together in one transaction.
 //! - `stock`: the CheckStock client.
 //! - `audit`: the JSON-lines audit file on the shared volume.
 //! - `grpc`: the tonic service. `events`: what it consumes.
@@ -19,6 +20,7 @@ mod circulation;
 pub mod domain;
 mod events;
 mod grpc;
+mod loan_writer;
 mod stock;
 mod store;
 

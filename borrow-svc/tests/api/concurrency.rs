@@ -120,3 +120,69 @@ async fn ten_simultaneous_borrows_with_one_idempotency_key_make_one_loan() {
         .into_inner();
     assert_eq!(loans.total_count, 1);
 }
+
+/// Borrows that arrive together are stored together; each must still be answered as if alone:
+/// a reader at the limit refused, a repeated key given the first loan, the others stored once.
+#[tokio::test]
+async fn borrows_arriving_together_are_each_answered_as_if_alone() {
+    let system = System::start_with(&["--max-copies-per-user", "3"]).await;
+    let book = system.create_book(1000).await;
+    let book_id = || book.id.clone();
+    let mut first_loans = Vec::new();
+    for i in 0..10 {
+        system
+            .borrow(&format!("full-{i}"), &book.id, 3)
+            .await
+            .expect("within the limit");
+        let first = system
+            .borrow_with(format!("retry-{i}"), book_id(), 1, Some(format!("key-{i}")))
+            .await
+            .expect("first try");
+        first_loans.push(first.id);
+    }
+
+    let at_limit = join_all((0..10).map(|i| system.borrow_with(format!("full-{i}"), book_id(), 1, None)));
+    let retried =
+        join_all((0..10).map(|i| system.borrow_with(format!("retry-{i}"), book_id(), 1, Some(format!("key-{i}")))));
+    let fresh = join_all((0..10).map(|i| system.borrow_with(format!("fresh-{i}"), book_id(), 2, None)));
+    let (at_limit, retried, fresh) = tokio::join!(at_limit, retried, fresh);
+
+    for refused in &at_limit {
+        let status = refused.as_ref().expect_err("the reader is at the limit");
+        assert_eq!(reason(status), Some("LOAN_LIMIT_REACHED"), "{status:?}");
+    }
+    for (i, retry) in retried.into_iter().enumerate() {
+        assert_eq!(retry.expect("a retry answers").id, first_loans[i], "retry-{i}");
+    }
+    for (i, loan) in fresh.into_iter().enumerate() {
+        let loan = loan.expect("a fresh reader may borrow");
+        assert_eq!(
+            (loan.user_id.as_str(), loan.quantity),
+            (format!("fresh-{i}").as_str(), 2)
+        );
+    }
+    for (prefix, copies) in [("full", 3), ("retry", 1), ("fresh", 2)] {
+        for i in 0..10 {
+            let user = format!("{prefix}-{i}");
+            let loans = system.loans_of(&user).await;
+            assert_eq!(loans.len(), 1, "{user} has exactly one loan: {loans:?}");
+            assert_eq!(loans[0].quantity, copies, "{user}");
+        }
+    }
+    // The refused readers' counts were left as they were: one more copy each still fits
+    // nowhere, and a fresh reader's two copies leave room for exactly one.
+    let status = system
+        .borrow("full-0", &book.id, 1)
+        .await
+        .expect_err("still at the limit");
+    assert_eq!(reason(&status), Some("LOAN_LIMIT_REACHED"));
+    system
+        .borrow("fresh-0", &book.id, 1)
+        .await
+        .expect("one copy still fits");
+    let status = system
+        .borrow("fresh-0", &book.id, 1)
+        .await
+        .expect_err("now at the limit");
+    assert_eq!(reason(&status), Some("LOAN_LIMIT_REACHED"));
+}

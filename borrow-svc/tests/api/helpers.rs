@@ -10,7 +10,9 @@ use library_platform::{CancellationToken, TaskTracker};
 use library_proto::book::book_service_client::BookServiceClient;
 use library_proto::book::{Book, CreateBookRequest, GetBookRequest};
 use library_proto::borrow::borrow_service_client::BorrowServiceClient;
-use library_proto::borrow::{BorrowRequest, ChangeDueDateRequest, GetLoanRequest, Loan, LoanStatus, ReturnRequest};
+use library_proto::borrow::{
+    BorrowRequest, ChangeDueDateRequest, GetLoanRequest, ListLoansRequest, Loan, LoanStatus, ReturnRequest,
+};
 use tonic::transport::Channel;
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -157,13 +159,39 @@ impl System {
     }
 
     pub async fn borrow(&self, user: &str, book_id: &str, quantity: i32) -> Result<Loan, tonic::Status> {
+        self.borrow_with(user.into(), book_id.into(), quantity, None).await
+    }
+
+    pub async fn borrow_with(
+        &self,
+        user: String,
+        book_id: String,
+        quantity: i32,
+        idempotency_key: Option<String>,
+    ) -> Result<Loan, tonic::Status> {
         let request = BorrowRequest {
-            user_id: user.into(),
-            book_id: book_id.into(),
+            user_id: user,
+            book_id,
             quantity,
-            idempotency_key: None,
+            idempotency_key,
         };
         self.borrow_client().await.borrow(request).await.map(|r| r.into_inner())
+    }
+
+    /// Every loan of `user`, newest first.
+    pub async fn loans_of(&self, user: &str) -> Vec<Loan> {
+        let request = ListLoansRequest {
+            user_id: user.into(),
+            page_size: 100,
+            ..Default::default()
+        };
+        self.borrow_client()
+            .await
+            .list_loans(request)
+            .await
+            .expect("loans")
+            .into_inner()
+            .loans
     }
 
     pub async fn return_copies(

@@ -1,0 +1,383 @@
+//! Borrows that passed their checks are stored in batches: one transaction takes the readers'
+//! allowances, inserts the loans and their `BookBorrowed` events for every borrow waiting, so
+//! twenty concurrent borrows cost a few commits instead of twenty (a commit, and its WAL flush,
+//! is what a borrow costs the database most).
+//!
+//! A batch holds at most one borrow per reader (a reader's next borrow waits for the next
+//! batch), takes the readers' rows in one order, and answers each borrow exactly as a borrow
+//! stored alone would: a reader over the limit is refused, a repeated idempotency key returns
+//! the first loan. When a batch cannot decide (a key already used, a database error), it rolls
+//! back and every borrow in it is stored alone, which is always right, only slower.
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use chrono::Utc;
+use library_platform::bus::{EventEnvelope, Outbox};
+use library_platform::database::is_unique_violation;
+use library_proto::events::BookBorrowed;
+use library_proto::time::to_timestamp;
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, TransactionTrait,
+};
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::audit::AuditLog;
+use crate::circulation::{CirculationError, Loan, new_id};
+use crate::domain::{LoanPolicy, LoanStatus};
+use crate::store::{loans, readers};
+
+/// Borrows one transaction stores at most.
+const MAX_BATCH: usize = 64;
+/// Batches in flight at once: one is committing while the next is being written.
+const PARALLEL_BATCHES: usize = 2;
+/// Borrows waiting for a batch before callers wait to hand theirs over.
+const QUEUE: usize = 1024;
+
+/// A borrow that passed its checks (quantity, stock) and is to be stored as PENDING.
+#[derive(Clone, Debug)]
+pub struct NewLoan {
+    pub user_id: String,
+    pub book_id: String,
+    pub quantity: i32,
+    pub idempotency_key: Option<String>,
+}
+
+type Reply = oneshot::Sender<Result<Loan, CirculationError>>;
+
+struct Job {
+    loan: NewLoan,
+    reply: Reply,
+}
+
+/// Stores borrows, batching those that arrive together.
+#[derive(Clone)]
+pub struct LoanWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl LoanWriter {
+    /// Starts the task that batches; it ends when the last `LoanWriter` is dropped, after
+    /// storing what was handed over.
+    pub fn start(db: DatabaseConnection, outbox: Outbox, policy: LoanPolicy, audit: AuditLog) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let store = Arc::new(LoanStore {
+            db,
+            outbox,
+            policy,
+            audit,
+        });
+        tokio::spawn(batch_jobs(store, queue));
+        Self { jobs }
+    }
+
+    /// Stores `loan` as PENDING with its `BookBorrowed` event, or says why not.
+    ///
+    /// # Errors
+    /// The reader's limit, or a database failure.
+    pub async fn write(&self, loan: NewLoan) -> Result<Loan, CirculationError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job { loan, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> CirculationError {
+    CirculationError::Database(DbErr::Custom("the loan writer has stopped".into()))
+}
+
+/// Gathers what is waiting into batches of distinct readers and stores them, at most
+/// `PARALLEL_BATCHES` at a time.
+async fn batch_jobs(store: Arc<LoanStore>, mut queue: mpsc::Receiver<Job>) {
+    let slots = Arc::new(Semaphore::new(PARALLEL_BATCHES));
+    // Borrows of a reader already in the batch being gathered, for the next one.
+    let mut held_back: VecDeque<Job> = VecDeque::new();
+    let mut open = true;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        let mut readers = HashSet::new();
+        let mut later = VecDeque::new();
+        for job in held_back.drain(..) {
+            if batch.len() < MAX_BATCH && readers.insert(job.loan.user_id.clone()) {
+                batch.push(job);
+            } else {
+                later.push_back(job);
+            }
+        }
+        held_back = later;
+        if batch.is_empty() {
+            match queue.recv().await {
+                Some(job) => {
+                    readers.insert(job.loan.user_id.clone());
+                    batch.push(job);
+                }
+                None => open = false,
+            }
+        }
+        while open && batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) if readers.insert(job.loan.user_id.clone()) => batch.push(job),
+                Ok(job) => held_back.push_back(job),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        if batch.is_empty() {
+            if !open && held_back.is_empty() {
+                return;
+            }
+            continue;
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            store.store(batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// What storing a borrow needs.
+struct LoanStore {
+    db: DatabaseConnection,
+    outbox: Outbox,
+    policy: LoanPolicy,
+    audit: AuditLog,
+}
+
+/// Why a batch stored nothing and each of its borrows is stored alone.
+enum Undecided {
+    /// A reader repeats an idempotency key: the single path returns the first loan.
+    KeyUsed,
+    Database(DbErr),
+}
+
+impl From<DbErr> for Undecided {
+    fn from(e: DbErr) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl LoanStore {
+    async fn store(&self, mut batch: Vec<Job>) {
+        // One order of row locks in every batch, so two batches in flight never deadlock.
+        batch.sort_by(|a, b| a.loan.user_id.cmp(&b.loan.user_id));
+        let loans: Vec<NewLoan> = batch.iter().map(|job| job.loan.clone()).collect();
+        match self.store_together(&loans).await {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            Err(undecided) => {
+                if let Undecided::Database(e) = &undecided {
+                    tracing::warn!(error = %e, borrows = batch.len(), "batch of borrows failed; storing each alone");
+                }
+                let alone = batch.into_iter().map(|job| async move {
+                    let outcome = self.store_alone(&job.loan).await;
+                    let _ = job.reply.send(outcome);
+                });
+                futures::future::join_all(alone).await;
+            }
+        }
+    }
+
+    /// Stores every borrow of `loans` (distinct readers, sorted) in one transaction, or nothing.
+    async fn store_together(&self, loans: &[NewLoan]) -> Result<Vec<Result<Loan, CirculationError>>, Undecided> {
+        let max = self.policy.max_copies();
+        let txn = self.db.begin().await?;
+        let allowed = take_allowances(&txn, loans, max).await?;
+        let keyed: Vec<&NewLoan> = loans.iter().filter(|l| l.idempotency_key.is_some()).collect();
+        if !keyed.is_empty() && any_key_used(&txn, &keyed).await? {
+            txn.rollback().await?;
+            return Err(Undecided::KeyUsed);
+        }
+        let refused: Vec<&str> = loans
+            .iter()
+            .filter(|l| !allowed.contains(&l.user_id))
+            .map(|l| l.user_id.as_str())
+            .collect();
+        let outstanding = outstanding_of(&txn, &refused).await?;
+
+        let now = Utc::now();
+        let due_at = self.policy.due_at(now);
+        let mut stored = Vec::new();
+        let mut envelopes = Vec::new();
+        let outcomes: Vec<Result<Loan, CirculationError>> = loans
+            .iter()
+            .map(|new| {
+                if !allowed.contains(&new.user_id) {
+                    return Err(CirculationError::LimitReached {
+                        outstanding: outstanding.get(&new.user_id).copied().unwrap_or_default(),
+                        max,
+                    });
+                }
+                let loan = pending_loan(new, now, due_at);
+                envelopes.push(EventEnvelope::of(&borrowed_event(&loan)));
+                stored.push(loans::ActiveModel::from(loan.clone()));
+                Ok(loan)
+            })
+            .collect();
+        if !stored.is_empty() {
+            match loans::Entity::insert_many(stored).exec_without_returning(&txn).await {
+                Ok(_) => {}
+                // A twin keyed borrow in the other batch in flight committed first.
+                Err(e) if is_unique_violation(&e) => {
+                    txn.rollback().await?;
+                    return Err(Undecided::KeyUsed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.outbox.enqueue_all(&txn, envelopes).await?;
+        }
+        self.outbox.commit(txn).await?;
+        for loan in outcomes.iter().flatten() {
+            self.accepted(loan);
+        }
+        Ok(outcomes)
+    }
+
+    /// Stores one borrow in a transaction of its own: the path every batch falls back to.
+    async fn store_alone(&self, new: &NewLoan) -> Result<Loan, CirculationError> {
+        let max = self.policy.max_copies();
+        let txn = self.db.begin().await?;
+        let allowed = !take_allowances(&txn, std::slice::from_ref(new), max).await?.is_empty();
+        // Checked under the reader's lock: a twin request may have committed meanwhile.
+        if let Some(key) = &new.idempotency_key
+            && let Some(loan) = find_by_key(&txn, &new.user_id, key).await?
+        {
+            txn.rollback().await?;
+            return Ok(loan);
+        }
+        if !allowed {
+            let outstanding = outstanding_of(&txn, &[new.user_id.as_str()]).await?;
+            txn.rollback().await?;
+            return Err(CirculationError::LimitReached {
+                outstanding: outstanding.get(&new.user_id).copied().unwrap_or_default(),
+                max,
+            });
+        }
+        let now = Utc::now();
+        let loan = pending_loan(new, now, self.policy.due_at(now));
+        if let Err(e) = loans::ActiveModel::from(loan.clone()).insert(&txn).await {
+            txn.rollback().await?;
+            return match &new.idempotency_key {
+                Some(key) if is_unique_violation(&e) => find_by_key(&self.db, &new.user_id, key)
+                    .await?
+                    .ok_or(CirculationError::Database(e)),
+                _ => Err(e.into()),
+            };
+        }
+        self.outbox.enqueue(&txn, &borrowed_event(&loan)).await?;
+        self.outbox.commit(txn).await?;
+        self.accepted(&loan);
+        Ok(loan)
+    }
+
+    fn accepted(&self, loan: &Loan) {
+        tracing::info!(loan_id = %loan.id, user_id = %loan.user_id, book_id = %loan.book_id, quantity = loan.quantity, "loan accepted");
+        self.audit.record(
+            "borrowed",
+            &loan.id,
+            &loan.user_id,
+            json!({"book_id": loan.book_id, "quantity": loan.quantity}),
+        );
+    }
+}
+
+fn pending_loan(new: &NewLoan, now: chrono::DateTime<Utc>, due_at: chrono::DateTime<Utc>) -> Loan {
+    Loan {
+        id: new_id(),
+        user_id: new.user_id.clone(),
+        book_id: new.book_id.clone(),
+        quantity: new.quantity,
+        returned_quantity: 0,
+        status: LoanStatus::Pending.as_str().to_owned(),
+        borrowed_at: now,
+        due_at,
+        late_fee: 0,
+        cancel_reason: None,
+        idempotency_key: new.idempotency_key.clone(),
+        updated_at: now,
+    }
+}
+
+fn borrowed_event(loan: &Loan) -> BookBorrowed {
+    BookBorrowed {
+        event_id: new_id(),
+        occurred_at: Some(to_timestamp(loan.borrowed_at)),
+        loan_id: loan.id.clone(),
+        user_id: loan.user_id.clone(),
+        book_id: loan.book_id.clone(),
+        quantity: loan.quantity,
+        due_at: Some(to_timestamp(loan.due_at)),
+    }
+}
+
+/// The reader's loan made with `key`, if any.
+pub(crate) async fn find_by_key(conn: &impl ConnectionTrait, user_id: &str, key: &str) -> Result<Option<Loan>, DbErr> {
+    loans::Entity::find()
+        .filter(loans::Column::UserId.eq(user_id))
+        .filter(loans::Column::IdempotencyKey.eq(key))
+        .one(conn)
+        .await
+}
+
+/// Whether any of these readers already has a loan made with the key given.
+async fn any_key_used(txn: &DatabaseTransaction, keyed: &[&NewLoan]) -> Result<bool, DbErr> {
+    let found = loans::Entity::find()
+        .filter(loans::Column::UserId.is_in(keyed.iter().map(|l| l.user_id.as_str())))
+        .filter(loans::Column::IdempotencyKey.is_in(keyed.iter().filter_map(|l| l.idempotency_key.as_deref())))
+        .all(txn)
+        .await?;
+    Ok(found.iter().any(|loan| {
+        keyed
+            .iter()
+            .any(|l| l.user_id == loan.user_id && l.idempotency_key == loan.idempotency_key)
+    }))
+}
+
+/// Adds each borrow's quantity to its reader's outstanding copies (creating the reader) unless
+/// that would pass `max`; returns the readers whose borrow fits. One statement, which also locks
+/// the readers' rows until the transaction ends (PostgreSQL locks a conflicting row even when the
+/// update's condition refuses it), so one reader's borrows take turns; SQLite has a single writer
+/// anyway. The readers must be distinct.
+async fn take_allowances(txn: &DatabaseTransaction, loans: &[NewLoan], max: i32) -> Result<HashSet<String>, DbErr> {
+    let outstanding = || Expr::col((readers::Entity, readers::Column::Outstanding));
+    let wanted = || Expr::col((Alias::new("excluded"), readers::Column::Outstanding));
+    let mut upsert = Query::insert();
+    upsert
+        .into_table(readers::Entity)
+        .columns([readers::Column::UserId, readers::Column::Outstanding]);
+    for loan in loans {
+        upsert.values_panic([loan.user_id.clone().into(), loan.quantity.into()]);
+    }
+    upsert
+        .on_conflict(
+            OnConflict::column(readers::Column::UserId)
+                .value(readers::Column::Outstanding, outstanding().add(wanted()))
+                .action_and_where(outstanding().add(wanted()).lte(max))
+                .to_owned(),
+        )
+        .returning_col(readers::Column::UserId);
+    let rows = txn.query_all(&upsert).await?;
+    rows.iter().map(|row| row.try_get::<String>("", "user_id")).collect()
+}
+
+/// The outstanding copies of these readers.
+async fn outstanding_of(conn: &impl ConnectionTrait, user_ids: &[&str]) -> Result<HashMap<String, i32>, DbErr> {
+    if user_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(readers::Entity::find()
+        .filter(readers::Column::UserId.is_in(user_ids.iter().copied()))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|reader| (reader.user_id, reader.outstanding))
+        .collect())
+}
