@@ -3,6 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use library_platform::telemetry::ServiceLevel;
 
+#[global_allocator]
+static GLOBAL: library_platform::Allocator = library_platform::ALLOCATOR;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = dashboard_svc::Config::parse();

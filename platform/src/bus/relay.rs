@@ -61,63 +61,79 @@ impl Relay {
 
     /// One pass: publish up to one batch.
     ///
-    /// On PostgreSQL the rows are locked with `FOR UPDATE SKIP LOCKED` inside a transaction held
-    /// until they are deleted, so several replicas never publish the same row at once. SQLite has
-    /// a single process and a single writer: the rows are read, published, then deleted.
+    /// On PostgreSQL the pass is one transaction that deletes the oldest rows not locked by
+    /// another pass (`FOR UPDATE SKIP LOCKED`, so several replicas never publish the same row at
+    /// once), publishes what the delete returned, and commits only once the broker confirmed it;
+    /// a failure rolls the delete back. SQLite has a single process and a single writer: the rows
+    /// are read, published, then deleted.
     ///
     /// # Errors
     /// The database or the transport failed; nothing was removed.
     pub async fn relay_once(&self) -> Result<Relayed, RelayError> {
-        if self.db.get_database_backend() == DbBackend::Postgres {
-            let txn = self.db.begin().await?;
-            // The commit only deletes rows already published: if a database crash loses it, the
-            // rows are published again and consumers skip them by event id. So it need not wait
-            // for the disk, which takes a flush off the path of every event.
-            txn.execute_unprepared("SET LOCAL synchronous_commit = off").await?;
-            let published = self.publish_batch(&txn, true).await?;
-            txn.commit().await?;
-            Ok(published)
-        } else {
-            self.publish_batch(&self.db, false).await
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return self.read_publish_delete().await;
         }
+        let txn = self.db.begin().await?;
+        // The commit only deletes rows already published: if a database crash loses it, the
+        // rows are published again and consumers skip them by event id. So it need not wait
+        // for the disk, which takes a flush off the path of every event.
+        txn.execute_unprepared("SET LOCAL synchronous_commit = off").await?;
+        let mut oldest = self.oldest_rows();
+        oldest.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        let take = Query::delete()
+            .from_table(OutboxEvents::Table)
+            .and_where(Expr::col(OutboxEvents::Id).in_subquery(oldest))
+            .returning(Query::returning().columns(row_columns()))
+            .to_owned();
+        let mut rows = txn
+            .query_all(&take)
+            .await?
+            .iter()
+            .map(outbox_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            return Ok(Relayed::Empty);
+        }
+        // RETURNING follows no order; the outbox's is the ids'.
+        rows.sort_unstable_by_key(|(id, _)| *id);
+        let batch: Vec<EventEnvelope> = rows.into_iter().map(|(_, envelope)| envelope).collect();
+        self.bus.publish(&batch).await?;
+        txn.commit().await?;
+        tracing::debug!(count = batch.len(), "published an outbox batch");
+        Ok(Relayed::Published(batch.len()))
     }
 
-    async fn publish_batch(&self, conn: &impl ConnectionTrait, lock: bool) -> Result<Relayed, RelayError> {
-        let mut select = Query::select();
-        select
-            .column(OutboxEvents::Id)
-            .columns(ENVELOPE_COLUMNS)
-            .from(OutboxEvents::Table)
-            .order_by(OutboxEvents::Id, Order::Asc)
-            .limit(self.batch_size);
-        if lock {
-            select.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
-        }
-        let rows = conn.query_all(&select).await?;
+    async fn read_publish_delete(&self) -> Result<Relayed, RelayError> {
+        let select = self.oldest_rows().columns(ENVELOPE_COLUMNS).to_owned();
+        let rows = self.db.query_all(&select).await?;
         if rows.is_empty() {
             return Ok(Relayed::Empty);
         }
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut batch = Vec::with_capacity(rows.len());
-        for row in rows {
-            ids.push(row.try_get::<i64>("", "id")?);
-            batch.push(EventEnvelope {
-                event_id: row.try_get("", "event_id")?,
-                event_type: row.try_get("", "event_type")?,
-                routing_key: row.try_get("", "routing_key")?,
-                payload: row.try_get("", "payload")?,
-                traceparent: row.try_get("", "traceparent")?,
-                occurred_at: row.try_get::<DateTime<Utc>>("", "occurred_at")?,
-            });
-        }
+        let (ids, batch): (Vec<i64>, Vec<EventEnvelope>) = rows
+            .iter()
+            .map(outbox_row)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         self.bus.publish(&batch).await?;
         let delete = Query::delete()
             .from_table(OutboxEvents::Table)
             .and_where(Expr::col(OutboxEvents::Id).is_in(ids))
             .to_owned();
-        conn.execute(&delete).await?;
+        self.db.execute(&delete).await?;
         tracing::debug!(count = batch.len(), "published an outbox batch");
         Ok(Relayed::Published(batch.len()))
+    }
+
+    /// The ids of the oldest batch of rows.
+    fn oldest_rows(&self) -> sea_orm::sea_query::SelectStatement {
+        Query::select()
+            .column(OutboxEvents::Id)
+            .from(OutboxEvents::Table)
+            .order_by(OutboxEvents::Id, Order::Asc)
+            .limit(self.batch_size)
+            .to_owned()
     }
 
     /// Relays until `shutdown`, then makes one last pass so events committed by requests that
@@ -154,11 +170,15 @@ impl Relay {
                 }
             }
             match self.relay_once().await {
-                Ok(Relayed::Published(_)) => {
+                // A full batch: more may be waiting.
+                Ok(Relayed::Published(count)) if count as u64 == self.batch_size => {
                     backoff = Duration::from_millis(100);
                     continue;
                 }
-                Ok(Relayed::Empty) => {
+                // Every row committed before this pass began is published (or locked by the
+                // other pass); a commit since then has left a wake-up, so waiting loses nothing
+                // and spares a pass over an empty outbox.
+                Ok(Relayed::Published(_) | Relayed::Empty) => {
                     backoff = Duration::from_millis(100);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -177,4 +197,23 @@ impl Relay {
             }
         }
     }
+}
+
+/// The columns of an outbox row: its id, then the envelope's.
+fn row_columns() -> Vec<OutboxEvents> {
+    std::iter::once(OutboxEvents::Id).chain(ENVELOPE_COLUMNS).collect()
+}
+
+fn outbox_row(row: &sea_orm::QueryResult) -> Result<(i64, EventEnvelope), DbErr> {
+    Ok((
+        row.try_get("", "id")?,
+        EventEnvelope {
+            event_id: row.try_get("", "event_id")?,
+            event_type: row.try_get("", "event_type")?,
+            routing_key: row.try_get("", "routing_key")?,
+            payload: row.try_get("", "payload")?,
+            traceparent: row.try_get("", "traceparent")?,
+            occurred_at: row.try_get::<DateTime<Utc>>("", "occurred_at")?,
+        },
+    ))
 }

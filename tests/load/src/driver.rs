@@ -1,5 +1,11 @@
 //! The timed concurrent loop every request scenario shares: N tasks each send one request after
 //! another until the duration is over, then stop by themselves.
+//!
+//! Without `--rate` the load is closed: each task sends its next request as soon as the last one
+//! is answered, which measures the most the system does (its latency is then mostly queueing).
+//! With `--rate R` the load is open: requests are due at R per second in all, spread over the
+//! tasks, and each latency counts from when the request was due, not from when a busy task got
+//! round to sending it (so a stall is not hidden by the requests it held back, as wrk2 does).
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +27,10 @@ pub struct LoadArgs {
     /// A request that takes longer is abandoned and counted as the error `timeout`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Requests per second in all (open load); without it each task sends as fast as it is
+    /// answered (closed load).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
 }
 
 /// Which request a task is about to send.
@@ -55,14 +65,16 @@ impl Run {
     pub fn report(&self, scenario: &str, target: &str, load: &LoadArgs) -> Report {
         let mut report = Report::new(scenario, target, &self.recorder, self.elapsed);
         report.concurrency = Some(load.concurrency);
+        report.rate = load.rate;
         report.duration_s = Some(load.duration.as_secs_f64());
         report
     }
 }
 
-/// Runs `request` from `load.concurrency` tasks until `load.duration` has passed. Each call is
-/// timed; a call still running after `load.request_timeout` is dropped and counted as `timeout`,
-/// so the run ends at most that long after the duration.
+/// Runs `request` from `load.concurrency` tasks until `load.duration` has passed, as fast as
+/// they are answered or at `load.rate`. Each call is timed; a call still running after
+/// `load.request_timeout` is dropped and counted as `timeout`, so the run ends at most that long
+/// after the duration.
 ///
 /// # Errors
 /// A task panicked.
@@ -75,14 +87,25 @@ where
     let start = Instant::now();
     let deadline = start + load.duration;
     let timeout = load.request_timeout;
+    let schedule = load.rate.map(|rate| Schedule::new(start, rate, load.concurrency));
     let tasks: Vec<_> = (0..load.concurrency)
         .map(|task| {
             let request = request.clone();
             tokio::spawn(async move {
                 let mut recorder = Recorder::default();
                 let mut n = 0;
-                while Instant::now() < deadline {
-                    let sent = Instant::now();
+                loop {
+                    let sent = match schedule {
+                        Some(schedule) => {
+                            let due = schedule.due(task, n);
+                            tokio::time::sleep_until(due.into()).await;
+                            due
+                        }
+                        None => Instant::now(),
+                    };
+                    if sent >= deadline {
+                        break;
+                    }
                     let outcome = tokio::time::timeout(timeout, request(Slot { task, n })).await;
                     let latency = sent.elapsed();
                     match outcome {
@@ -104,6 +127,39 @@ where
         recorder,
         elapsed: start.elapsed(),
     })
+}
+
+/// When each request of an open load is due.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    /// Between two requests of one task.
+    period: Duration,
+    /// Between two tasks' requests.
+    stagger: Duration,
+}
+
+impl Schedule {
+    fn new(start: Instant, rate: f64, tasks: usize) -> Self {
+        let stagger = Duration::from_secs_f64(1.0 / rate);
+        Self {
+            start,
+            period: stagger * u32::try_from(tasks).unwrap_or(u32::MAX),
+            stagger,
+        }
+    }
+
+    fn due(&self, task: usize, n: u64) -> Instant {
+        let task = u32::try_from(task).unwrap_or(u32::MAX);
+        self.start + self.stagger * task + self.period.mul_f64(n as f64)
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.1 => Ok(rate),
+        _ => Err(format!("`{text}` is not a rate of at least 0.1 requests per second")),
+    }
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h`, `40S` (siege's spelling) or a bare number of seconds.
@@ -156,6 +212,7 @@ mod tests {
             concurrency: 4,
             duration: Duration::from_millis(200),
             request_timeout: Duration::from_millis(50),
+            rate: None,
         };
         let calls = Arc::new(AtomicU64::new(0));
         let counter = calls.clone();
@@ -180,5 +237,44 @@ mod tests {
         assert_eq!(report.requests, calls.load(Ordering::Relaxed));
         assert!(report.errors_by_kind["timeout"] > 0);
         assert!(report.errors_by_kind["refused"] > 0);
+    }
+
+    #[tokio::test]
+    async fn an_open_load_sends_at_its_rate_and_counts_from_when_a_request_was_due() {
+        let load = LoadArgs {
+            concurrency: 2,
+            duration: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(1),
+            rate: Some(40.0),
+        };
+        let run = drive(&load, move |slot| async move {
+            // The first request of task 0 stalls for 300 ms; the five requests it holds back
+            // are late by up to 250 ms, which their latency must show.
+            if slot.task == 0 && slot.n == 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Ok(())
+        })
+        .await
+        .expect("no task panics");
+        let report = run.report("t", "x", &load);
+        // 40/s for 0.5 s, whatever the stall: 20 requests, 10 per task.
+        assert_eq!(report.requests, 20);
+        let latency = report.latency.expect("requests succeeded");
+        assert!(latency.max_us >= 290_000, "the stall is measured: {}", latency.max_us);
+        assert!(
+            latency.p90_us >= 100_000,
+            "the held-back requests were late: {}",
+            latency.p90_us
+        );
+        assert!(latency.p50_us < 100_000, "task 1 was never late: {}", latency.p50_us);
+    }
+
+    #[test]
+    fn rates_must_be_positive_numbers() {
+        assert_eq!(parse_rate("1000"), Ok(1000.0));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("NaN").is_err());
     }
 }

@@ -179,6 +179,9 @@ pub struct Report {
     pub target: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
+    /// Requests per second sent (an open load); none when each task sent as fast as answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
     pub elapsed_s: f64,
@@ -207,6 +210,7 @@ impl Report {
             scenario: scenario.to_owned(),
             target: target.to_owned(),
             concurrency: None,
+            rate: None,
             duration_s: None,
             elapsed_s: elapsed.as_secs_f64(),
             requests: ok + errors,
@@ -231,6 +235,9 @@ impl Report {
         let mut head = format!("== {}  target {}", self.scenario, self.target);
         if let Some(c) = self.concurrency {
             let _ = write!(head, "  concurrency {c}");
+        }
+        if let Some(rate) = self.rate {
+            let _ = write!(head, "  rate {rate}/s");
         }
         if let Some(d) = self.duration_s {
             let _ = write!(head, "  duration {d:.1}s");
