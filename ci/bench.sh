@@ -8,8 +8,14 @@
 # they exit 0; drops everything it created.
 #
 # Usage: ci/bench.sh [--debug] [--duration 10s] [--events 20000] [--no-gateway] [--keep-logs]
-#                    [--only SCENARIO[,SCENARIO…]]   (check-stock, borrow, events, graphql-books,
-#                                                     graphql-borrow; default: all)
+#                    [--only SCENARIO[,SCENARIO…]]   (check-stock, borrow, borrow-at-rate, events,
+#                                                     graphql-books, graphql-borrow,
+#                                                     graphql-borrow-at-rate; default: all)
+#
+# borrow and graphql-borrow are closed loads (20 clients, each sending as soon as answered: the
+# most the system does, with latency that is mostly queueing); the -at-rate scenarios send the
+# targets' rates as an open load (latency counted from when each request was due), which is what
+# "N per second with a p99 under X" means.
 #
 # Environment:
 #   CARGO_TARGET_DIR     build directory (default: $HOME/.cache/library-target)
@@ -21,6 +27,9 @@
 #   BENCH_VHOST          1 (default): run the services in a fresh RabbitMQ vhost when rabbitmqctl
 #                        can create one, so they never share queues with a running demo; 0: use
 #                        BENCH_AMQP_URL's vhost as is
+#   BENCH_BORROW_RATE    borrow-at-rate's requests per second (default: 1000, issue 4's target)
+#   BENCH_GRAPHQL_BORROW_RATE
+#                        graphql-borrow-at-rate's (default: 800, issue 5's target)
 #   BENCH_DIR            where logs and JSON reports go (default: a fresh temporary directory)
 #   BENCH_BOOK_ADDR, BENCH_BORROW_ADDR, BENCH_DASHBOARD_ADDR, BENCH_GATEWAY_ADDR
 #                        where the processes listen (default: 127.0.0.1:21051, :21052, :21053,
@@ -214,6 +223,18 @@ stop_sampler() {
 }
 
 SCENARIOS=()
+# Waits until the saga's queues are empty (at most 60 s), so a scenario does not inherit the
+# backlog the one before left.
+settle() {
+  [[ -n $VHOST ]] || { sleep 5; return; }
+  local deadline=$(($(now_ms) + 60000)) waiting
+  while (($(now_ms) < deadline)); do
+    waiting=$(rabbitmqctl -q list_queues -p "$VHOST" messages 2>/dev/null | awk 'NR > 1 {n += $1} END {print n + 0}')
+    [[ $waiting == 0 ]] && return
+    sleep 0.5
+  done
+  log "queues still hold $waiting messages after 60 s"
+}
 # scenario NAME ARGS... : runs one library-load subcommand, printing its report and keeping the
 # JSON for the summary.
 scenario() {
@@ -272,12 +293,18 @@ fi
 # --- load ------------------------------------------------------------------------------------
 start_sampler
 scenario check-stock check-stock --book-url "http://$BOOK_ADDR" --concurrency 32 --duration "$DURATION"
+# The open loads first: a closed load leaves the saga a backlog the next scenario would inherit.
+scenario borrow-at-rate borrow --borrow-url "http://$BORROW_ADDR" --book-url "http://$BOOK_ADDR" \
+  --concurrency 20 --duration "$DURATION" --rate "${BENCH_BORROW_RATE:-1000}"
 scenario borrow borrow --borrow-url "http://$BORROW_ADDR" --book-url "http://$BOOK_ADDR" \
   --concurrency 20 --duration "$DURATION"
+settle
 scenario events events --database-url "$PG/postgres?sslmode=$SSLMODE" --amqp-url "$AMQP_BASE" --count "$EVENTS"
 if [[ $GATEWAY_UP == 1 ]]; then
   scenario graphql-books graphql-books --url "http://$GATEWAY_ADDR/graphql" \
     --concurrency 20 --duration "$DURATION"
+  scenario graphql-borrow-at-rate graphql-borrow --url "http://$GATEWAY_ADDR/graphql" \
+    --jwt-secret "$SECRET" --concurrency 20 --duration "$DURATION" --rate "${BENCH_GRAPHQL_BORROW_RATE:-800}"
   scenario graphql-borrow graphql-borrow --url "http://$GATEWAY_ADDR/graphql" \
     --jwt-secret "$SECRET" --concurrency 20 --duration "$DURATION"
 else
@@ -295,7 +322,7 @@ for name in "${PROCESSES[@]}"; do
 done
 echo
 echo "== scenarios ($PROFILE build; latency of successful requests, ms)"
-printf '%-15s %9s %8s %10s %9s %9s %9s %9s  %s\n' scenario requests errors req/s p50 p90 p99 max lag
+printf '%-22s %9s %8s %10s %9s %9s %9s %9s  %s\n' scenario requests errors req/s p50 p90 p99 max lag
 for name in "${SCENARIOS[@]}"; do
   jq -r '
     def ms: if . == null then "-" else (. / 1000 | tostring) end;
@@ -305,7 +332,7 @@ for name in "${SCENARIOS[@]}"; do
        + (if .figures.end_to_end_eps then ["end-to-end \(.figures.end_to_end_eps | round) ev/s, enqueue \(.figures.enqueue_eps | round) ev/s"] else [] end)
        | join("; ")) ]
     | @tsv' "$WORK/$name.json" |
-    awk -F'\t' '{ printf "%-15s %9s %8s %10s %9s %9s %9s %9s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
+    awk -F'\t' '{ printf "%-22s %9s %8s %10s %9s %9s %9s %9s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
   jq -r '.errors_by_kind | to_entries[] | "    error \(.key): \(.value)"' "$WORK/$name.json"
 done
 echo
