@@ -324,9 +324,9 @@ echo
 echo "== scenarios ($PROFILE build; latency of successful requests, ms)"
 printf '%-22s %9s %8s %10s %9s %9s %9s %9s  %s\n' scenario requests errors req/s p50 p90 p99 max lag
 for name in "${SCENARIOS[@]}"; do
-  jq -r '
+  jq -r --arg name "$name" '
     def ms: if . == null then "-" else (. / 1000 | tostring) end;
-    [ .scenario, (.requests | tostring), (.errors | tostring), (.throughput_rps | round | tostring),
+    [ $name, (.requests | tostring), (.errors | tostring), (.throughput_rps | round | tostring),
       (.latency.p50_us | ms), (.latency.p90_us | ms), (.latency.p99_us | ms), (.latency.max_us | ms),
       ([.lags[] | "\(.name): p50 \(.latency.p50_us | ms) p99 \(.latency.p99_us | ms) max \(.latency.max_us | ms) (n=\(.reached)/\(.samples), timeouts \(.timeouts))"]
        + (if .figures.end_to_end_eps then ["end-to-end \(.figures.end_to_end_eps | round) ev/s, enqueue \(.figures.enqueue_eps | round) ev/s"] else [] end)
