@@ -34,9 +34,6 @@ pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<Database
     Ok(db)
 }
 
-/// Prepared statements each PostgreSQL connection keeps.
-const STATEMENT_CACHE: usize = 400;
-
 /// Opens the database at `url` (see [`connect_and_migrate`]).
 ///
 /// # Errors
@@ -57,13 +54,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DatabaseError> {
                 .foreign_keys(true)
         });
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        // Batches of every size are statements of as many shapes (a multi-row insert of n rows
-        // is its own statement), more than sqlx's default cache of 100 holds: each miss costs
-        // the server a parse and plan and the client a round trip.
-        options
-            .max_connections(16)
-            .min_connections(1)
-            .map_sqlx_postgres_opts(|o| o.statement_cache_capacity(STATEMENT_CACHE));
+        options.max_connections(16).min_connections(1);
     } else {
         return Err(DatabaseError::UnsupportedUrl(redact(url)));
     }
