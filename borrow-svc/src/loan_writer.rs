@@ -166,20 +166,19 @@ impl LoanStore {
     async fn store(&self, mut batch: Vec<Job>) {
         // One order of row locks in every batch, so two batches in flight never deadlock.
         batch.sort_by(|a, b| a.loan.user_id.cmp(&b.loan.user_id));
-        let loans: Vec<NewLoan> = batch.iter().map(|job| job.loan.clone()).collect();
+        let (loans, replies): (Vec<NewLoan>, Vec<Reply>) = batch.into_iter().map(|job| (job.loan, job.reply)).unzip();
         match self.store_together(&loans).await {
             Ok(outcomes) => {
-                for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(outcome);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
                 }
             }
             Err(undecided) => {
                 if let Undecided::Database(e) = &undecided {
-                    tracing::warn!(error = %e, borrows = batch.len(), "batch of borrows failed; storing each alone");
+                    tracing::warn!(error = %e, borrows = loans.len(), "batch of borrows failed; storing each alone");
                 }
-                let alone = batch.into_iter().map(|job| async move {
-                    let outcome = self.store_alone(&job.loan).await;
-                    let _ = job.reply.send(outcome);
+                let alone = loans.iter().zip(replies).map(|(loan, reply)| async move {
+                    let _ = reply.send(self.store_alone(loan).await);
                 });
                 futures::future::join_all(alone).await;
             }

@@ -4,7 +4,7 @@ use clap::Parser;
 use library_platform::telemetry::ServiceLevel;
 
 #[global_allocator]
-static GLOBAL: library_platform::Allocator = library_platform::ALLOCATOR;
+static GLOBAL: library_platform::Allocator = library_platform::Allocator;
 
 #[tokio::main]
 async fn main() -> ExitCode {

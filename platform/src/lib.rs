@@ -25,12 +25,11 @@ pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 
-/// The allocator every binary of the library installs (`#[global_allocator]`): a service
-/// allocates and frees small buffers for every request and message, which mimalloc does for
-/// about half of what glibc's malloc costs.
-pub type Allocator = mimalloc::MiMalloc;
-/// The allocator's value, for `static GLOBAL: Allocator = ALLOCATOR;`.
-pub const ALLOCATOR: Allocator = mimalloc::MiMalloc;
+/// The allocator every binary of the library installs
+/// (`#[global_allocator] static GLOBAL: Allocator = Allocator;`): a service allocates and frees
+/// small buffers for every request and message, which mimalloc does for about half of what
+/// glibc's malloc costs.
+pub use mimalloc::MiMalloc as Allocator;
 
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;

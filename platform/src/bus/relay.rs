@@ -15,11 +15,6 @@ use super::{BusError, EventBus, EventEnvelope, Outbox};
 /// How long the relay sleeps when nothing woke it: the bound on how late a row written by a
 /// crashed process (or another replica's missed wake-up) is published.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// Relay passes at once in one process on PostgreSQL (replicas relay side by side anyway). One:
-/// what commits while a pass waits for the broker's confirms leaves in the next, bigger batch.
-/// Two passes at once made smaller batches, more round trips for the same events, and slower
-/// borrows on a saturated two-core machine (p50 19-22 ms against 13-15 ms at 900 borrows/s).
-const WORKERS: usize = 1;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the relay also prunes the processed-events table, and what it keeps.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -140,31 +135,16 @@ impl Relay {
     }
 
     /// Relays until `shutdown`, then makes one last pass so events committed by requests that
-    /// finished during the drain still leave.
-    ///
-    /// On PostgreSQL [`WORKERS`] passes run at once, each over rows the others have not locked
-    /// (consumers are indifferent to the order between batches; they already are between
-    /// replicas). On SQLite one pass runs at a time: it has no row locks to share work.
+    /// finished during the drain still leave. One pass runs at a time in a process: what commits
+    /// while a pass waits for the broker's confirms leaves in the next, bigger batch (two passes
+    /// at once made smaller batches and slower borrows on a saturated two-core machine: p50
+    /// 19-22 ms against 13-15 ms at 900 borrows/s). Replicas relay side by side, each over rows
+    /// the others have not locked.
     pub async fn run(self, shutdown: CancellationToken) {
-        let workers = if self.db.get_database_backend() == DbBackend::Postgres {
-            WORKERS
-        } else {
-            1
-        };
-        futures::future::join_all((0..workers).map(|worker| self.work(worker == 0, &shutdown))).await;
-        let last = tokio::time::timeout(Duration::from_secs(5), self.relay_once()).await;
-        if let Ok(Err(error)) = last {
-            tracing::warn!(%error, "last outbox pass failed; the events leave at the next start");
-        }
-    }
-
-    /// One relaying loop until `shutdown`; `prunes` also forgets old processed events now and
-    /// then.
-    async fn work(&self, prunes: bool, shutdown: &CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
-            if prunes && pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 pruned_at = Some(tokio::time::Instant::now());
                 match super::prune_processed_events(&self.db, PROCESSED_RETENTION).await {
                     Ok(pruned) => tracing::debug!(pruned, "pruned processed events"),
@@ -177,9 +157,9 @@ impl Relay {
                     backoff = Duration::from_millis(100);
                     continue;
                 }
-                // Every row committed before this pass began is published (or locked by the
-                // other pass); a commit since then has left a wake-up, so waiting loses nothing
-                // and spares a pass over an empty outbox.
+                // Every row committed before this pass began is published (or locked by another
+                // replica's pass); a commit since then has left a wake-up, so waiting loses
+                // nothing and spares a pass over an empty outbox.
                 Ok(Relayed::Published(_) | Relayed::Empty) => {
                     backoff = Duration::from_millis(100);
                     tokio::select! {
@@ -197,6 +177,10 @@ impl Relay {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+        }
+        let last = tokio::time::timeout(Duration::from_secs(5), self.relay_once()).await;
+        if let Ok(Err(error)) = last {
+            tracing::warn!(%error, "last outbox pass failed; the events leave at the next start");
         }
     }
 }
