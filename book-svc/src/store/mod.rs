@@ -11,7 +11,9 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![library_platform::bus::bus_migration(), Box::new(CreateCatalog)]
+        let mut migrations = library_platform::bus::bus_migrations();
+        migrations.push(Box::new(CreateCatalog));
+        migrations
     }
 }
 

@@ -12,7 +12,9 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![library_platform::bus::bus_migration(), Box::new(CreateCirculation)]
+        let mut migrations = library_platform::bus::bus_migrations();
+        migrations.push(Box::new(CreateCirculation));
+        migrations
     }
 }
 

@@ -179,6 +179,11 @@ impl Subscriptions {
         self
     }
 
+    /// The database the consumer applies events to.
+    pub(super) fn database(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
     /// The routing keys to bind.
     pub fn routing_keys(&self) -> Vec<String> {
         self.handlers.keys().map(|k| (*k).to_owned()).collect()

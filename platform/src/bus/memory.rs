@@ -1,21 +1,15 @@
 //! The in-process transport (the all-in-one's default). A publish hands each message to every
 //! queue bound to its routing key and returns only once every durable consumer has committed it,
 //! so the publisher's outbox row stays until the event has taken effect: a crash at any point
-//! loses nothing, and consumers de-duplicate the replay.
+//! loses nothing, and consumers de-duplicate the replay. A message a consumer gives up on is
+//! kept in that consumer's database ([`super::dead_letters`]) before it counts as done.
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, EventEnvelope, Subscriptions};
-
-/// A message a consumer gave up on, with why.
-#[derive(Clone, Debug)]
-pub struct DeadLetter {
-    pub queue: String,
-    pub envelope: EventEnvelope,
-    pub error: String,
-}
+use super::{BusError, EventEnvelope, Subscriptions, dead_letters};
 
 pub(super) struct Delivery {
     envelope: EventEnvelope,
@@ -32,7 +26,6 @@ struct Queue {
 #[derive(Default)]
 pub(super) struct MemoryBus {
     queues: Mutex<Vec<Queue>>,
-    dead_letters: Mutex<Vec<DeadLetter>>,
 }
 
 impl MemoryBus {
@@ -84,10 +77,6 @@ impl MemoryBus {
         }
         Ok(())
     }
-
-    pub(super) fn dead_letters(&self) -> Vec<DeadLetter> {
-        lock(&self.dead_letters).clone()
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -97,8 +86,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Deliveries applied in one transaction at most.
 const BATCH: usize = 64;
 
+/// Pause before trying again to keep a dead letter the database refused.
+const KEEP_RETRY: Duration = Duration::from_millis(500);
+
 pub(super) async fn consume(
-    bus: Arc<MemoryBus>,
     queue: String,
     mut receiver: mpsc::UnboundedReceiver<Delivery>,
     subscriptions: Arc<Subscriptions>,
@@ -121,14 +112,37 @@ pub(super) async fn consume(
         for (delivery, outcome) in batch.into_iter().zip(outcomes) {
             if let Err(error) = outcome {
                 tracing::error!(%queue, event_id = %delivery.envelope.event_id, %error, "event dead-lettered");
-                lock(&bus.dead_letters).push(DeadLetter {
-                    queue: queue.clone(),
-                    envelope: delivery.envelope,
-                    error,
-                });
+                if !keep_dead_letter(&queue, &delivery.envelope, &error, &subscriptions, &shutdown).await {
+                    // Not kept, and stopping: the publisher is told the message is not done
+                    // (`done` dropped), so its outbox row stays and is published at the next start.
+                    return;
+                }
             }
             if let Some(done) = delivery.done {
                 let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Stores a dead letter in the consumer's database, trying again until it is stored (`true`) or
+/// the consumer stops (`false`).
+async fn keep_dead_letter(
+    queue: &str,
+    envelope: &EventEnvelope,
+    error: &str,
+    subscriptions: &Subscriptions,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        match dead_letters::keep(subscriptions.database(), queue, envelope, error).await {
+            Ok(()) => return true,
+            Err(db_error) => {
+                tracing::warn!(%queue, event_id = %envelope.event_id, error = %db_error, "cannot keep a dead letter; trying again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(KEEP_RETRY) => {}
+                }
             }
         }
     }

@@ -13,12 +13,14 @@
 //! publish returns only after every consumer committed, so the outbox stays the durable record.
 //!
 //! # Layout
-//! - `outbox`: [`Outbox`], [`EventMeta::claim`] and the shared migration.
+//! - `outbox`: [`Outbox`], [`EventMeta::claim`] and the shared migrations.
+//! - `dead_letters`: where the in-process transport keeps what its consumers gave up on.
 //! - `relay`: [`Relay`].
 //! - `consumer`: [`Subscriptions`], retries and dead-lettering, shared by both transports.
 //! - `rabbit`, `memory`: the transports.
 
 mod consumer;
+mod dead_letters;
 mod memory;
 mod outbox;
 mod rabbit;
@@ -32,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use consumer::{EventMeta, HandleError, Subscriptions, prune_processed_events};
-pub use memory::DeadLetter;
-pub use outbox::{Outbox, bus_migration};
+pub use dead_letters::{DeadLetter, dead_letters};
+pub use outbox::{Outbox, bus_migrations};
 pub use relay::{Relay, Relayed};
 
 /// An event as it travels: the encoded Protobuf body plus what consumers need before decoding.
@@ -189,13 +191,7 @@ impl EventBus {
             }
             Transport::Memory(bus) => {
                 let rx = bus.declare(queue, subscriptions.routing_keys(), true);
-                tracker.spawn(memory::consume(
-                    bus.clone(),
-                    queue.to_owned(),
-                    rx,
-                    subscriptions,
-                    shutdown,
-                ));
+                tracker.spawn(memory::consume(queue.to_owned(), rx, subscriptions, shutdown));
             }
         }
     }
@@ -234,14 +230,6 @@ impl EventBus {
                 let rx = bus.declare("listener", keys, false);
                 tracker.spawn(memory::listen(rx, on_event, shutdown));
             }
-        }
-    }
-
-    /// Messages the in-process transport dead-lettered (RabbitMQ keeps them in `.dlq` queues).
-    pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        match &self.transport {
-            Transport::Memory(bus) => bus.dead_letters(),
-            Transport::Rabbit(_) => Vec::new(),
         }
     }
 

@@ -101,10 +101,13 @@ impl Outbox {
     }
 }
 
-/// The migration every service that publishes or consumes includes: the outbox and the
-/// processed-events table.
-pub fn bus_migration() -> Box<dyn MigrationTrait> {
-    Box::new(CreateEventTables)
+/// The migrations every service that publishes or consumes starts its list with: the outbox,
+/// the processed-events table and the in-process transport's dead letters.
+pub fn bus_migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![
+        Box::new(CreateEventTables),
+        Box::new(super::dead_letters::CreateDeadLetters),
+    ]
 }
 
 struct CreateEventTables;

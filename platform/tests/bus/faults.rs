@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
-use library_platform::bus::{BusNames, EventBus, EventEnvelope, Outbox, Relay};
-use library_platform::test_support::{amqp_url, fresh_bus_names};
-use library_platform::{CancellationToken, TaskTracker};
+use library_platform::bus::{BusNames, EventBus, EventEnvelope, Outbox, Relay, Relayed, dead_letters};
+use library_platform::test_support::{amqp_url, fresh_bus_names, fresh_sqlite_url};
+use library_platform::{CancellationToken, TaskTracker, database};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 
 use library_platform::test_support::eventually;
 
-use crate::helpers::{Consumer, event, outbox_rows, postgres, produce, rabbit, start};
+use crate::helpers::{Consumer, TestMigrator, event, outbox_rows, postgres, produce, rabbit, sqlite, start};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -171,7 +172,7 @@ async fn a_poison_message_lands_in_the_dead_letter_queue_and_the_consumer_goes_o
 
 #[tokio::test]
 async fn the_in_process_bus_dead_letters_poison_and_goes_on() {
-    let consumer = Consumer::new(crate::helpers::sqlite().await);
+    let consumer = Consumer::new(sqlite().await);
     let bus = EventBus::in_process();
     let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
     bus.consume("poison", consumer.subscriptions(), &tracker, shutdown.clone());
@@ -181,9 +182,99 @@ async fn the_in_process_bus_dead_letters_poison_and_goes_on() {
         .await
         .unwrap();
     assert_eq!(consumer.applied().await, (1, 1));
-    let dead = bus.dead_letters();
+    let dead = dead_letters(&consumer.db).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].envelope.event_id, poison.event_id);
     assert!(dead[0].error.contains("decode"), "{}", dead[0].error);
+    shutdown.cancel();
+}
+
+/// The in-process publish returns once the consumer is done, and the relay then forgets the
+/// outbox row: a dead letter must already be on disk by then, or a restart would lose it.
+#[tokio::test]
+async fn the_in_process_bus_keeps_a_dead_letter_on_disk_before_the_outbox_forgets_it() {
+    let producer = sqlite().await;
+    let consumer_url = fresh_sqlite_url("consumer");
+    let consumer = Consumer::new(
+        database::connect_and_migrate::<TestMigrator>(&consumer_url)
+            .await
+            .unwrap(),
+    );
+    let bus = EventBus::in_process();
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    bus.consume("poison", consumer.subscriptions(), &tracker, shutdown.clone());
+    let outbox = Outbox::default();
+    let mut poison = EventEnvelope::of(&event());
+    poison.payload = vec![0xff, 0xff];
+    let txn = producer.begin().await.unwrap();
+    outbox.enqueue_all(&txn, [poison.clone()]).await.unwrap();
+    outbox.commit(txn).await.unwrap();
+
+    let relay = Relay::new(producer.clone(), bus.clone(), &outbox);
+    assert_eq!(relay.relay_once().await.unwrap(), Relayed::Published(1));
+    assert_eq!(outbox_rows(&producer).await, 0);
+    assert_eq!(
+        dead_letters(&consumer.db).await.unwrap().len(),
+        1,
+        "kept before the publish returned"
+    );
+    // Published again, as after a crash between the publish and the outbox's delete: kept once.
+    bus.publish(std::slice::from_ref(&poison)).await.unwrap();
+
+    // The process stops; the consumer's database, opened again, still holds it.
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    drop((bus, relay, consumer));
+    let reopened = database::connect(&consumer_url).await.unwrap();
+    let dead = dead_letters(&reopened).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].queue, "poison");
+    assert_eq!(
+        (
+            &dead[0].envelope.event_id,
+            &dead[0].envelope.routing_key,
+            &dead[0].envelope.payload
+        ),
+        (&poison.event_id, &poison.routing_key, &poison.payload)
+    );
+    assert!(dead[0].error.contains("decode"), "{}", dead[0].error);
+}
+
+/// The runbook's replay of the all-in-one's dead letters of one queue, run in that consumer's
+/// database: back into its own outbox, whose relay publishes them to every consumer of their
+/// routing key (those that applied them already skip them by event id).
+const REPLAY_DEAD_LETTERS: &str = "BEGIN;
+INSERT INTO outbox_events (event_id, event_type, routing_key, payload, traceparent, occurred_at)
+  SELECT event_id, event_type, routing_key, payload, traceparent, occurred_at
+  FROM dead_letters WHERE queue = 'test.replay' ORDER BY id;
+DELETE FROM dead_letters WHERE queue = 'test.replay';
+COMMIT;";
+
+#[tokio::test]
+async fn a_kept_dead_letter_replayed_as_the_runbook_says_takes_effect_once_the_cause_is_fixed() {
+    let consumer = Consumer::new(sqlite().await);
+    // The handler's table is missing: every attempt fails, as in a database outage or a bug.
+    consumer.db.execute_unprepared("DROP TABLE applied").await.unwrap();
+    let bus = EventBus::in_process();
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    bus.consume("test.replay", consumer.subscriptions(), &tracker, shutdown.clone());
+    let lost = EventEnvelope::of(&event());
+    bus.publish(std::slice::from_ref(&lost)).await.unwrap();
+    let dead = dead_letters(&consumer.db).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].error.contains("failed 5 times"), "{}", dead[0].error);
+
+    consumer
+        .db
+        .execute_unprepared("CREATE TABLE applied (event_id VARCHAR(64) NOT NULL)")
+        .await
+        .unwrap();
+    consumer.db.execute_unprepared(REPLAY_DEAD_LETTERS).await.unwrap();
+    let relay = Relay::new(consumer.db.clone(), bus.clone(), &Outbox::default());
+    assert_eq!(relay.relay_once().await.unwrap(), Relayed::Published(1));
+    assert!(consumer.has_applied(&lost.event_id).await);
+    assert_eq!(consumer.applied().await, (1, 1));
+    assert!(dead_letters(&consumer.db).await.unwrap().is_empty());
     shutdown.cancel();
 }

@@ -1,7 +1,7 @@
 //! A producer (outbox + relay) and a consumer (an `applied` table written in the handler's
 //! transaction) over a fresh database and fresh broker names per test.
 
-use library_platform::bus::{BusNames, EventBus, Outbox, Relay, Subscriptions, bus_migration};
+use library_platform::bus::{BusNames, EventBus, Outbox, Relay, Subscriptions, bus_migrations};
 use library_platform::{CancellationToken, TaskTracker, database, test_support};
 use library_proto::events::StockChanged;
 use sea_orm::sea_query::{ColumnDef, Query, Table};
@@ -18,7 +18,9 @@ pub struct TestMigrator;
 
 impl MigratorTrait for TestMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![bus_migration(), Box::new(CreateApplied)]
+        let mut migrations = bus_migrations();
+        migrations.push(Box::new(CreateApplied));
+        migrations
     }
 }
 

@@ -62,7 +62,7 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![library_platform::bus::bus_migration()]
+        library_platform::bus::bus_migrations()
     }
 }
 
