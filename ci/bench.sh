@@ -27,6 +27,8 @@
 #   BENCH_VHOST          1 (default): run the services in a fresh RabbitMQ vhost when rabbitmqctl
 #                        can create one, so they never share queues with a running demo; 0: use
 #                        BENCH_AMQP_URL's vhost as is
+#   BENCH_WARM_UP        how long each request scenario first runs unrecorded (default: 3s; a
+#                        process that has just started still opens its database connections)
 #   BENCH_BORROW_RATE    borrow-at-rate's requests per second (default: 1000, issue 4's target)
 #   BENCH_GRAPHQL_BORROW_RATE
 #                        graphql-borrow-at-rate's (default: 800, issue 5's target)
@@ -40,6 +42,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}/
 
 PROFILE=release
 DURATION=10s
+WARM_UP="${BENCH_WARM_UP:-3s}"
 EVENTS=20000
 WITH_GATEWAY=1
 KEEP_LOGS=0
@@ -292,21 +295,22 @@ fi
 
 # --- load ------------------------------------------------------------------------------------
 start_sampler
-scenario check-stock check-stock --book-url "http://$BOOK_ADDR" --concurrency 32 --duration "$DURATION"
+scenario check-stock check-stock --book-url "http://$BOOK_ADDR" --concurrency 32 --duration "$DURATION" --warm-up "$WARM_UP"
 # The open loads first: a closed load leaves the saga a backlog the next scenario would inherit.
 scenario borrow-at-rate borrow --borrow-url "http://$BORROW_ADDR" --book-url "http://$BOOK_ADDR" \
-  --concurrency 20 --duration "$DURATION" --rate "${BENCH_BORROW_RATE:-1000}"
+  --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP" --rate "${BENCH_BORROW_RATE:-1000}"
 scenario borrow borrow --borrow-url "http://$BORROW_ADDR" --book-url "http://$BOOK_ADDR" \
-  --concurrency 20 --duration "$DURATION"
+  --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP"
 settle
 scenario events events --database-url "$PG/postgres?sslmode=$SSLMODE" --amqp-url "$AMQP_BASE" --count "$EVENTS"
 if [[ $GATEWAY_UP == 1 ]]; then
   scenario graphql-books graphql-books --url "http://$GATEWAY_ADDR/graphql" \
-    --concurrency 20 --duration "$DURATION"
+    --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP"
   scenario graphql-borrow-at-rate graphql-borrow --url "http://$GATEWAY_ADDR/graphql" \
-    --jwt-secret "$SECRET" --concurrency 20 --duration "$DURATION" --rate "${BENCH_GRAPHQL_BORROW_RATE:-800}"
+    --jwt-secret "$SECRET" --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP" \
+    --rate "${BENCH_GRAPHQL_BORROW_RATE:-800}"
   scenario graphql-borrow graphql-borrow --url "http://$GATEWAY_ADDR/graphql" \
-    --jwt-secret "$SECRET" --concurrency 20 --duration "$DURATION"
+    --jwt-secret "$SECRET" --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP"
 else
   log "gateway not running: GraphQL scenarios skipped"
 fi

@@ -6,6 +6,10 @@
 //! With `--rate R` the load is open: requests are due at R per second in all, spread over the
 //! tasks, and each latency counts from when the request was due, not from when a busy task got
 //! round to sending it (so a stall is not hidden by the requests it held back, as wrk2 does).
+//!
+//! With `--warm-up D` the same load runs for D first, unrecorded: a service that has just started
+//! still opens its database connections and prepares its statements, which is not what a
+//! sustained rate costs.
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +28,9 @@ pub struct LoadArgs {
     /// How long to send requests (e.g. 10s, 500ms, 2m, 40S); no request starts after it.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// How long to send the same load first without recording it (e.g. 3s).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warm_up: Duration,
     /// A request that takes longer is abandoned and counted as the error `timeout`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -40,6 +47,8 @@ pub struct Slot {
     pub task: usize,
     /// The request's number within its task, from 0.
     pub n: u64,
+    /// Sent during the warm-up: not recorded (and not worth probing).
+    pub warm_up: bool,
 }
 
 /// Why a request failed, as counted in the report (e.g. `Unavailable`, `SERVICE_BUSY`, `timeout`).
@@ -67,14 +76,15 @@ impl Run {
         report.concurrency = Some(load.concurrency);
         report.rate = load.rate;
         report.duration_s = Some(load.duration.as_secs_f64());
+        report.warm_up_s = Some(load.warm_up.as_secs_f64()).filter(|s| *s > 0.0);
         report
     }
 }
 
-/// Runs `request` from `load.concurrency` tasks until `load.duration` has passed, as fast as
-/// they are answered or at `load.rate`. Each call is timed; a call still running after
-/// `load.request_timeout` is dropped and counted as `timeout`, so the run ends at most that long
-/// after the duration.
+/// Runs `request` from `load.concurrency` tasks until `load.warm_up` and then `load.duration`
+/// have passed, as fast as they are answered or at `load.rate`. Each call sent after the warm-up
+/// is timed and recorded; a call still running after `load.request_timeout` is dropped and
+/// counted as `timeout`, so the run ends at most that long after the duration.
 ///
 /// # Errors
 /// A task panicked.
@@ -85,7 +95,8 @@ where
 {
     let request = Arc::new(request);
     let start = Instant::now();
-    let deadline = start + load.duration;
+    let measured_from = start + load.warm_up;
+    let deadline = measured_from + load.duration;
     let timeout = load.request_timeout;
     let schedule = load.rate.map(|rate| Schedule::new(start, rate, load.concurrency));
     let tasks: Vec<_> = (0..load.concurrency)
@@ -106,9 +117,11 @@ where
                     if sent >= deadline {
                         break;
                     }
-                    let outcome = tokio::time::timeout(timeout, request(Slot { task, n })).await;
+                    let warm_up = sent < measured_from;
+                    let outcome = tokio::time::timeout(timeout, request(Slot { task, n, warm_up })).await;
                     let latency = sent.elapsed();
                     match outcome {
+                        _ if warm_up => {}
                         Ok(Ok(())) => recorder.ok(latency),
                         Ok(Err(Failure(kind))) => recorder.failed(&kind, latency),
                         Err(_) => recorder.failed("timeout", latency),
@@ -125,7 +138,7 @@ where
     }
     Ok(Run {
         recorder,
-        elapsed: start.elapsed(),
+        elapsed: measured_from.elapsed(),
     })
 }
 
@@ -213,6 +226,7 @@ mod tests {
             duration: Duration::from_millis(200),
             request_timeout: Duration::from_millis(50),
             rate: None,
+            warm_up: Duration::ZERO,
         };
         let calls = Arc::new(AtomicU64::new(0));
         let counter = calls.clone();
@@ -246,6 +260,7 @@ mod tests {
             duration: Duration::from_millis(500),
             request_timeout: Duration::from_secs(1),
             rate: Some(40.0),
+            warm_up: Duration::ZERO,
         };
         let run = drive(&load, move |slot| async move {
             // The first request of task 0 stalls for 300 ms; the five requests it holds back
@@ -268,6 +283,46 @@ mod tests {
             latency.p90_us
         );
         assert!(latency.p50_us < 100_000, "task 1 was never late: {}", latency.p50_us);
+    }
+
+    #[tokio::test]
+    async fn what_is_sent_during_the_warm_up_is_not_recorded() {
+        let load = LoadArgs {
+            concurrency: 2,
+            duration: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(1),
+            rate: Some(40.0),
+            warm_up: Duration::from_millis(250),
+        };
+        let warm_ups = Arc::new(AtomicU64::new(0));
+        let counter = warm_ups.clone();
+        let run = drive(&load, move |slot| {
+            if slot.warm_up {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            async move {
+                // Slow while warming up, as a cold service is (but within a task's 50 ms period,
+                // so the measured requests are not late because of it).
+                if slot.warm_up {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                Ok(())
+            }
+        })
+        .await
+        .expect("no task panics");
+        let report = run.report("t", "x", &load);
+        // 40/s: 10 requests in the warm-up, 20 in the 0.5 s after it, and only those counted.
+        assert_eq!(warm_ups.load(Ordering::Relaxed), 10);
+        assert_eq!(report.requests, 20);
+        assert_eq!(report.warm_up_s, Some(0.25));
+        assert!(run.elapsed < Duration::from_millis(700), "{:?}", run.elapsed);
+        let latency = report.latency.expect("requests succeeded");
+        assert!(
+            latency.max_us < 20_000,
+            "the warm-up's slowness is not counted: {}",
+            latency.max_us
+        );
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub async fn borrow(args: &BorrowArgs) -> anyhow::Result<Report> {
         async move {
             let loan = client.borrow(request).await.map_err(|s| failure(&s))?.into_inner();
             let replied = Instant::now();
-            if probes.sample() {
+            if !slot.warm_up && probes.sample() {
                 let request = GetLoanRequest {
                     loan_id: loan.id,
                     user_id: Some(user_id),

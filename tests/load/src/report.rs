@@ -184,6 +184,9 @@ pub struct Report {
     pub rate: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<f64>,
+    /// Sent first and not recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_up_s: Option<f64>,
     pub elapsed_s: f64,
     pub requests: u64,
     pub ok: u64,
@@ -212,6 +215,7 @@ impl Report {
             concurrency: None,
             rate: None,
             duration_s: None,
+            warm_up_s: None,
             elapsed_s: elapsed.as_secs_f64(),
             requests: ok + errors,
             ok,
@@ -241,6 +245,9 @@ impl Report {
         }
         if let Some(d) = self.duration_s {
             let _ = write!(head, "  duration {d:.1}s");
+        }
+        if let Some(w) = self.warm_up_s {
+            let _ = write!(head, " after a warm-up of {w:.1}s");
         }
         let _ = writeln!(out, "{head}  elapsed {:.2}s", self.elapsed_s);
         let _ = writeln!(
