@@ -5,11 +5,12 @@
 //! that outlives the process before the consumer says it is done, or a restart would lose it.
 //! RabbitMQ keeps its dead letters in the `.dlq` queues instead.
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{ColumnDef, Expr, Index, OnConflict, Order, Query, Table};
+use sea_orm::sea_query::{ColumnDef, DynIden, Expr, Index, IntoIden, OnConflict, Order, Query, Table};
 use sea_orm::{ConnectionTrait, DbErr, DeriveIden};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 
 use super::EventEnvelope;
+use super::outbox::{ENVELOPE_COLUMNS, OutboxEvents, envelope_column_defs, envelope_of, envelope_values};
 
 /// A message a consumer gave up on, with why.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,32 +22,23 @@ pub struct DeadLetter {
     pub dead_lettered_at: DateTime<Utc>,
 }
 
+/// The table: an id, the queue, the envelope's columns (named as the outbox's), the error and
+/// when.
 #[derive(DeriveIden)]
 enum DeadLetters {
     Table,
     Id,
     Queue,
-    EventId,
-    EventType,
-    RoutingKey,
-    Payload,
-    Traceparent,
-    OccurredAt,
     Error,
     DeadLetteredAt,
 }
 
-const COLUMNS: [DeadLetters; 9] = [
-    DeadLetters::Queue,
-    DeadLetters::EventId,
-    DeadLetters::EventType,
-    DeadLetters::RoutingKey,
-    DeadLetters::Payload,
-    DeadLetters::Traceparent,
-    DeadLetters::OccurredAt,
-    DeadLetters::Error,
-    DeadLetters::DeadLetteredAt,
-];
+fn columns() -> Vec<DynIden> {
+    std::iter::once(DeadLetters::Queue.into_iden())
+        .chain(ENVELOPE_COLUMNS.map(IntoIden::into_iden))
+        .chain([DeadLetters::Error.into_iden(), DeadLetters::DeadLetteredAt.into_iden()])
+        .collect()
+}
 
 /// Keeps `envelope`, which `queue`'s consumer gave up on with `error`. A message dead-lettered
 /// again (its outbox row was published again after a crash) is kept once.
@@ -61,20 +53,14 @@ pub(super) async fn keep(
 ) -> Result<(), DbErr> {
     let insert = Query::insert()
         .into_table(DeadLetters::Table)
-        .columns(COLUMNS)
-        .values_panic([
-            queue.into(),
-            envelope.event_id.as_str().into(),
-            envelope.event_type.as_str().into(),
-            envelope.routing_key.as_str().into(),
-            envelope.payload.clone().into(),
-            envelope.traceparent.clone().into(),
-            envelope.occurred_at.into(),
-            error.into(),
-            Utc::now().into(),
-        ])
+        .columns(columns())
+        .values_panic(
+            std::iter::once(queue.into())
+                .chain(envelope_values(envelope.clone()))
+                .chain([error.into(), Utc::now().into()]),
+        )
         .on_conflict(
-            OnConflict::columns([DeadLetters::Queue, DeadLetters::EventId])
+            OnConflict::columns([DeadLetters::Queue.into_iden(), OutboxEvents::EventId.into_iden()])
                 .do_nothing()
                 .to_owned(),
         )
@@ -90,7 +76,7 @@ pub(super) async fn keep(
 /// The query failed.
 pub async fn dead_letters(db: &impl ConnectionTrait) -> Result<Vec<DeadLetter>, DbErr> {
     let select = Query::select()
-        .columns(COLUMNS)
+        .columns(columns())
         .from(DeadLetters::Table)
         .order_by(DeadLetters::Id, Order::Asc)
         .to_owned();
@@ -100,14 +86,7 @@ pub async fn dead_letters(db: &impl ConnectionTrait) -> Result<Vec<DeadLetter>, 
         .map(|row| {
             Ok(DeadLetter {
                 queue: row.try_get("", "queue")?,
-                envelope: EventEnvelope {
-                    event_id: row.try_get("", "event_id")?,
-                    event_type: row.try_get("", "event_type")?,
-                    routing_key: row.try_get("", "routing_key")?,
-                    payload: row.try_get("", "payload")?,
-                    traceparent: row.try_get("", "traceparent")?,
-                    occurred_at: row.try_get("", "occurred_at")?,
-                },
+                envelope: envelope_of(row)?,
                 error: row.try_get("", "error")?,
                 dead_lettered_at: row.try_get("", "dead_lettered_at")?,
             })
@@ -126,45 +105,36 @@ impl MigrationName for CreateDeadLetters {
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for CreateDeadLetters {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(DeadLetters::Table)
-                    .if_not_exists()
-                    .col(
-                        ColumnDef::new(DeadLetters::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
-                    .col(ColumnDef::new(DeadLetters::Queue).string_len(128).not_null())
-                    .col(ColumnDef::new(DeadLetters::EventId).string_len(64).not_null())
-                    .col(ColumnDef::new(DeadLetters::EventType).string_len(64).not_null())
-                    .col(ColumnDef::new(DeadLetters::RoutingKey).string_len(128).not_null())
-                    .col(ColumnDef::new(DeadLetters::Payload).blob().not_null())
-                    .col(ColumnDef::new(DeadLetters::Traceparent).string_len(64).null())
-                    .col(
-                        ColumnDef::new(DeadLetters::OccurredAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(ColumnDef::new(DeadLetters::Error).text().not_null())
-                    .col(
-                        ColumnDef::new(DeadLetters::DeadLetteredAt)
-                            .timestamp_with_time_zone()
-                            .not_null()
-                            .default(Expr::current_timestamp()),
-                    )
-                    .index(
-                        Index::create()
-                            .name("dead_letters_queue_event_id")
-                            .unique()
-                            .col(DeadLetters::Queue)
-                            .col(DeadLetters::EventId),
-                    )
-                    .to_owned(),
+        let mut table = Table::create();
+        table
+            .table(DeadLetters::Table)
+            .if_not_exists()
+            .col(
+                ColumnDef::new(DeadLetters::Id)
+                    .big_integer()
+                    .not_null()
+                    .auto_increment()
+                    .primary_key(),
             )
-            .await
+            .col(ColumnDef::new(DeadLetters::Queue).string_len(128).not_null());
+        for column in envelope_column_defs() {
+            table.col(column);
+        }
+        table
+            .col(ColumnDef::new(DeadLetters::Error).text().not_null())
+            .col(
+                ColumnDef::new(DeadLetters::DeadLetteredAt)
+                    .timestamp_with_time_zone()
+                    .not_null()
+                    .default(Expr::current_timestamp()),
+            )
+            .index(
+                Index::create()
+                    .name("dead_letters_queue_event_id")
+                    .unique()
+                    .col(DeadLetters::Queue)
+                    .col(OutboxEvents::EventId),
+            );
+        manager.create_table(table).await
     }
 }

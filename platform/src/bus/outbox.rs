@@ -2,9 +2,10 @@
 //! describe, so a change and its event commit or vanish together.
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use library_proto::DomainEvent;
 use sea_orm::sea_query::{ColumnDef, Expr, Index, Query, Table};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, DeriveIden};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, DeriveIden, QueryResult};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use tokio::sync::Notify;
 
@@ -22,7 +23,8 @@ pub(super) enum OutboxEvents {
     OccurredAt,
 }
 
-/// The columns that hold an [`EventEnvelope`], in the order of its fields.
+/// The columns that hold an [`EventEnvelope`], in the order of its fields; the dead-letter
+/// table has them too, under the same names.
 pub(super) const ENVELOPE_COLUMNS: [OutboxEvents; 6] = [
     OutboxEvents::EventId,
     OutboxEvents::EventType,
@@ -31,6 +33,57 @@ pub(super) const ENVELOPE_COLUMNS: [OutboxEvents; 6] = [
     OutboxEvents::Traceparent,
     OutboxEvents::OccurredAt,
 ];
+
+/// How a migration defines the [`ENVELOPE_COLUMNS`].
+pub(super) fn envelope_column_defs() -> [ColumnDef; 6] {
+    [
+        ColumnDef::new(OutboxEvents::EventId)
+            .string_len(64)
+            .not_null()
+            .to_owned(),
+        ColumnDef::new(OutboxEvents::EventType)
+            .string_len(64)
+            .not_null()
+            .to_owned(),
+        ColumnDef::new(OutboxEvents::RoutingKey)
+            .string_len(128)
+            .not_null()
+            .to_owned(),
+        ColumnDef::new(OutboxEvents::Payload).blob().not_null().to_owned(),
+        ColumnDef::new(OutboxEvents::Traceparent)
+            .string_len(64)
+            .null()
+            .to_owned(),
+        ColumnDef::new(OutboxEvents::OccurredAt)
+            .timestamp_with_time_zone()
+            .not_null()
+            .to_owned(),
+    ]
+}
+
+/// `envelope`'s values for the [`ENVELOPE_COLUMNS`].
+pub(super) fn envelope_values(envelope: EventEnvelope) -> [Expr; 6] {
+    [
+        envelope.event_id.into(),
+        envelope.event_type.into(),
+        envelope.routing_key.into(),
+        envelope.payload.into(),
+        envelope.traceparent.into(),
+        envelope.occurred_at.into(),
+    ]
+}
+
+/// The envelope in a row that has the [`ENVELOPE_COLUMNS`].
+pub(super) fn envelope_of(row: &QueryResult) -> Result<EventEnvelope, DbErr> {
+    Ok(EventEnvelope {
+        event_id: row.try_get("", "event_id")?,
+        event_type: row.try_get("", "event_type")?,
+        routing_key: row.try_get("", "routing_key")?,
+        payload: row.try_get("", "payload")?,
+        traceparent: row.try_get("", "traceparent")?,
+        occurred_at: row.try_get::<DateTime<Utc>>("", "occurred_at")?,
+    })
+}
 
 #[derive(DeriveIden)]
 pub(super) enum ProcessedEvents {
@@ -71,14 +124,7 @@ impl Outbox {
         let mut empty = true;
         for envelope in envelopes {
             empty = false;
-            insert.values_panic([
-                envelope.event_id.into(),
-                envelope.event_type.into(),
-                envelope.routing_key.into(),
-                envelope.payload.into(),
-                envelope.traceparent.into(),
-                envelope.occurred_at.into(),
-            ]);
+            insert.values_panic(envelope_values(envelope));
         }
         if !empty {
             txn.execute(&insert).await?;
@@ -121,36 +167,20 @@ impl MigrationName for CreateEventTables {
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for CreateEventTables {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(OutboxEvents::Table)
-                    .if_not_exists()
-                    .col(
-                        ColumnDef::new(OutboxEvents::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
-                    .col(
-                        ColumnDef::new(OutboxEvents::EventId)
-                            .string_len(64)
-                            .not_null()
-                            .unique_key(),
-                    )
-                    .col(ColumnDef::new(OutboxEvents::EventType).string_len(64).not_null())
-                    .col(ColumnDef::new(OutboxEvents::RoutingKey).string_len(128).not_null())
-                    .col(ColumnDef::new(OutboxEvents::Payload).blob().not_null())
-                    .col(ColumnDef::new(OutboxEvents::Traceparent).string_len(64).null())
-                    .col(
-                        ColumnDef::new(OutboxEvents::OccurredAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .to_owned(),
-            )
-            .await?;
+        let mut outbox = Table::create();
+        outbox.table(OutboxEvents::Table).if_not_exists().col(
+            ColumnDef::new(OutboxEvents::Id)
+                .big_integer()
+                .not_null()
+                .auto_increment()
+                .primary_key(),
+        );
+        let [mut event_id, others @ ..] = envelope_column_defs();
+        outbox.col(event_id.unique_key());
+        for column in others {
+            outbox.col(column);
+        }
+        manager.create_table(outbox).await?;
         manager
             .create_table(
                 Table::create()

@@ -3,13 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Order, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::{ENVELOPE_COLUMNS, OutboxEvents};
+use super::outbox::{ENVELOPE_COLUMNS, OutboxEvents, envelope_of};
 use super::{BusError, EventBus, EventEnvelope, Outbox};
 
 /// How long the relay sleeps when nothing woke it: the bound on how late a row written by a
@@ -191,15 +190,5 @@ fn row_columns() -> Vec<OutboxEvents> {
 }
 
 fn outbox_row(row: &sea_orm::QueryResult) -> Result<(i64, EventEnvelope), DbErr> {
-    Ok((
-        row.try_get("", "id")?,
-        EventEnvelope {
-            event_id: row.try_get("", "event_id")?,
-            event_type: row.try_get("", "event_type")?,
-            routing_key: row.try_get("", "routing_key")?,
-            payload: row.try_get("", "payload")?,
-            traceparent: row.try_get("", "traceparent")?,
-            occurred_at: row.try_get::<DateTime<Utc>>("", "occurred_at")?,
-        },
-    ))
+    Ok((row.try_get("", "id")?, envelope_of(row)?))
 }
