@@ -18,8 +18,8 @@ use library_proto::events::BookBorrowed;
 use library_proto::time::to_timestamp;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    TransactionTrait,
 };
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -240,41 +240,23 @@ impl LoanStore {
         Ok(outcomes)
     }
 
-    /// Stores one borrow in a transaction of its own: the path every batch falls back to.
+    /// Stores one borrow in a transaction of its own: the path every batch falls back to. A key
+    /// already used (found before the insert, or by the insert's unique index when a twin
+    /// committed first) is answered with the loan made with it.
     async fn store_alone(&self, new: &NewLoan) -> Result<Loan, CirculationError> {
-        let max = self.policy.max_copies();
-        let txn = self.db.begin().await?;
-        let allowed = !take_allowances(&txn, std::slice::from_ref(new), max).await?.is_empty();
-        // Checked under the reader's lock: a twin request may have committed meanwhile.
-        if let Some(key) = &new.idempotency_key
-            && let Some(loan) = find_by_key(&txn, &new.user_id, key).await?
-        {
-            txn.rollback().await?;
-            return Ok(loan);
+        match self.store_together(std::slice::from_ref(new)).await {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .next()
+                .expect("store_together answers each borrow it is given"),
+            Err(Undecided::KeyUsed) => {
+                let key = new.idempotency_key.as_deref().unwrap_or_default();
+                find_by_key(&self.db, &new.user_id, key).await?.ok_or_else(|| {
+                    CirculationError::Database(DbErr::Custom("the loan of a used idempotency key is gone".into()))
+                })
+            }
+            Err(Undecided::Database(e)) => Err(e.into()),
         }
-        if !allowed {
-            let outstanding = outstanding_of(&txn, &[new.user_id.as_str()]).await?;
-            txn.rollback().await?;
-            return Err(CirculationError::LimitReached {
-                outstanding: outstanding.get(&new.user_id).copied().unwrap_or_default(),
-                max,
-            });
-        }
-        let now = Utc::now();
-        let loan = pending_loan(new, now, self.policy.due_at(now));
-        if let Err(e) = loans::ActiveModel::from(loan.clone()).insert(&txn).await {
-            txn.rollback().await?;
-            return match &new.idempotency_key {
-                Some(key) if is_unique_violation(&e) => find_by_key(&self.db, &new.user_id, key)
-                    .await?
-                    .ok_or(CirculationError::Database(e)),
-                _ => Err(e.into()),
-            };
-        }
-        self.outbox.enqueue(&txn, &borrowed_event(&loan)).await?;
-        self.outbox.commit(txn).await?;
-        self.accepted(&loan);
-        Ok(loan)
     }
 
     fn accepted(&self, loan: &Loan) {
