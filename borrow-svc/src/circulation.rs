@@ -14,7 +14,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Transition};
 use crate::domain::{LoanPolicy, LoanStatus, ReturnError, copies_to_return};
 use crate::loan_writer::{LoanWriter, NewLoan, find_by_key};
 use crate::stock::{StockCheck, StockChecker};
@@ -232,18 +232,19 @@ impl Circulation {
             };
             self.outbox.enqueue(&txn, &charged).await?;
         }
+        let transition = Transition {
+            kind: "returned",
+            loan_id,
+            user_id,
+            detail: json!({"quantity": quantity, "days_late": days_late, "late_fee": fee}),
+        };
+        self.audit.record(&txn, [transition]).await?;
         let loan = loans::Entity::find_by_id(loan_id)
             .one(&txn)
             .await?
             .ok_or(CirculationError::LoanNotFound)?;
         self.outbox.commit(txn).await?;
         tracing::info!(%loan_id, quantity, days_late, fee, "copies returned");
-        self.audit.record(
-            "returned",
-            loan_id,
-            user_id,
-            json!({"quantity": quantity, "days_late": days_late, "late_fee": fee}),
-        );
         Ok(ReturnOutcome {
             loan,
             quantity,
@@ -321,14 +322,15 @@ impl Circulation {
         active.due_at = Set(due_at);
         active.updated_at = Set(Utc::now());
         let loan = active.update(&txn).await?;
+        let transition = Transition {
+            kind: "due_date_changed",
+            loan_id,
+            user_id: &loan.user_id,
+            detail: json!({"due_at": due_at.to_rfc3339()}),
+        };
+        self.audit.record(&txn, [transition]).await?;
         txn.commit().await?;
         tracing::info!(%loan_id, %due_at, "due date changed");
-        self.audit.record(
-            "due_date_changed",
-            loan_id,
-            &loan.user_id,
-            json!({"due_at": due_at.to_rfc3339()}),
-        );
         Ok(loan)
     }
 
@@ -345,11 +347,16 @@ impl Circulation {
             .filter(loans::Column::Status.eq(LoanStatus::Pending.as_str()))
             .exec_with_returning(txn)
             .await?;
-        for loan in activated {
+        let transitions = activated.iter().map(|loan| {
             tracing::info!(loan_id = %loan.id, "loan active");
-            self.audit
-                .record("activated", &loan.id, &loan.user_id, json!({"quantity": loan.quantity}));
-        }
+            Transition {
+                kind: "activated",
+                loan_id: &loan.id,
+                user_id: &loan.user_id,
+                detail: json!({"quantity": loan.quantity}),
+            }
+        });
+        self.audit.record(txn, transitions).await?;
         Ok(())
     }
 
@@ -386,9 +393,14 @@ impl Circulation {
             reason: reason.clone(),
         };
         self.outbox.enqueue(txn, &canceled).await?;
+        let transition = Transition {
+            kind: "canceled",
+            loan_id: &loan.id,
+            user_id: &loan.user_id,
+            detail: json!({"reason": reason}),
+        };
+        self.audit.record(txn, [transition]).await?;
         tracing::info!(loan_id = %loan.id, %reason, "loan canceled");
-        self.audit
-            .record("canceled", &loan.id, &loan.user_id, json!({"reason": reason}));
         Ok(())
     }
 }

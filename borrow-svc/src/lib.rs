@@ -13,7 +13,8 @@
 //! - `circulation`: the use cases, each a transaction with its outbox events.
 //! - `loan_writer`: stores the borrows that arrive together in one transaction.
 //! - `stock`: the CheckStock client.
-//! - `audit`: the JSON-lines audit file on the shared volume.
+//! - `audit`: loan transitions, recorded in the transaction that makes them and appended to the
+//!   JSON-lines file on the shared volume.
 //! - `grpc`: the tonic service. `events`: what it consumes.
 mod audit;
 mod circulation;
@@ -138,19 +139,25 @@ impl Application {
             Duration::from_millis(config.stock_check_timeout_ms),
         )?;
         let stock = stock::StockChecker::new(channel, Duration::from_millis(config.stock_check_timeout_ms));
-        let audit = match &config.audit_dir {
-            Some(dir) => audit::AuditLog::open(dir)
-                .with_context(|| format!("LIBRARY_AUDIT_DIR: cannot write to {}", dir.display()))?,
-            None => audit::AuditLog::default(),
-        };
         let url = config.database.url_or_default("borrow");
         let db = library_platform::database::connect_and_migrate::<Migrator>(&url).await?;
+        let (audit, audit_writer) = match &config.audit_dir {
+            Some(dir) => {
+                let writer = audit::AuditWriter::open(db.clone(), dir)
+                    .with_context(|| format!("LIBRARY_AUDIT_DIR: cannot write to {}", dir.display()))?;
+                (audit::AuditLog::recording(), Some(writer))
+            }
+            None => (audit::AuditLog::default(), None),
+        };
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("BORROW_GRPC_ADDR: cannot listen on {}", config.grpc_addr))?;
         let outbox = Outbox::default();
         let circulation = Circulation::new(db.clone(), outbox.clone(), policy, stock, audit);
         let tracker = TaskTracker::new();
+        if let Some(writer) = audit_writer {
+            tracker.spawn(writer.run(shutdown.clone()));
+        }
         bus.consume(
             events::SAGA_QUEUE,
             events::subscriptions(circulation.clone()),

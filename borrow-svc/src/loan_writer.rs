@@ -24,7 +24,7 @@ use sea_orm::{
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Transition};
 use crate::circulation::{CirculationError, Loan, new_id};
 use crate::domain::{LoanPolicy, LoanStatus};
 use crate::store::{loans, readers};
@@ -232,10 +232,13 @@ impl LoanStore {
                 Err(e) => return Err(e.into()),
             }
             self.outbox.enqueue_all(&txn, envelopes).await?;
+            self.audit
+                .record(&txn, outcomes.iter().flatten().map(borrowed_transition))
+                .await?;
         }
         self.outbox.commit(txn).await?;
         for loan in outcomes.iter().flatten() {
-            self.accepted(loan);
+            tracing::info!(loan_id = %loan.id, user_id = %loan.user_id, book_id = %loan.book_id, quantity = loan.quantity, "loan accepted");
         }
         Ok(outcomes)
     }
@@ -258,16 +261,6 @@ impl LoanStore {
             Err(Undecided::Database(e)) => Err(e.into()),
         }
     }
-
-    fn accepted(&self, loan: &Loan) {
-        tracing::info!(loan_id = %loan.id, user_id = %loan.user_id, book_id = %loan.book_id, quantity = loan.quantity, "loan accepted");
-        self.audit.record(
-            "borrowed",
-            &loan.id,
-            &loan.user_id,
-            json!({"book_id": loan.book_id, "quantity": loan.quantity}),
-        );
-    }
 }
 
 fn pending_loan(new: &NewLoan, now: chrono::DateTime<Utc>, due_at: chrono::DateTime<Utc>) -> Loan {
@@ -284,6 +277,15 @@ fn pending_loan(new: &NewLoan, now: chrono::DateTime<Utc>, due_at: chrono::DateT
         cancel_reason: None,
         idempotency_key: new.idempotency_key.clone(),
         updated_at: now,
+    }
+}
+
+fn borrowed_transition(loan: &Loan) -> Transition<'_> {
+    Transition {
+        kind: "borrowed",
+        loan_id: &loan.id,
+        user_id: &loan.user_id,
+        detail: json!({"book_id": loan.book_id, "quantity": loan.quantity}),
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`telemetry`]: `tracing` (text or JSON for Loki), OpenTelemetry export, W3C trace context.
 //! - [`database`]: sea-orm connections to PostgreSQL or SQLite and the migrations every service
 //!   shares (outbox, processed events).
+//! - [`drain`]: a table of committed work handed over in id order and deleted once taken (the
+//!   outbox relay's and the audit writer's way out of the database).
 //! - [`bus`]: the event bus — transactional outbox, relay, idempotent consumers with a
 //!   dead-letter queue — over RabbitMQ or in-process.
 //! - [`grpc`]: serving with health and reflection, client channels, error reasons in metadata.
@@ -17,6 +19,7 @@
 pub mod bus;
 pub mod config;
 pub mod database;
+pub mod drain;
 pub mod grpc;
 pub mod paging;
 pub mod service;

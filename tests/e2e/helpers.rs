@@ -107,6 +107,11 @@ pub fn free_port() -> u16 {
 }
 
 /// A name no other test run uses.
+/// Where borrow-svc (or the all-in-one) of a system in `dir` appends its audit lines.
+fn audit_dir(dir: &Path) -> PathBuf {
+    dir.join("audit")
+}
+
 pub fn unique(label: &str) -> String {
     format!("{label}-{}", Uuid::new_v4().simple())
 }
@@ -331,6 +336,7 @@ impl System {
                 STOCK_CHECK_TIMEOUT_MS.to_owned(),
             ),
             ("RUST_LOG".to_owned(), "warn".to_owned()),
+            ("LIBRARY_AUDIT_DIR".to_owned(), audit_dir(&dir).display().to_string()),
         ];
         env.extend(settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let mut process = Process::new("library", PathBuf::from(env!("CARGO_BIN_EXE_library")), env, &dir, None);
@@ -439,6 +445,7 @@ impl System {
                     ("LIBRARY_STOCK_CHECK_TIMEOUT_MS", STOCK_CHECK_TIMEOUT_MS.to_owned()),
                     ("DATABASE_URL", databases[1].clone()),
                     ("AMQP_URL", amqp_url.clone()),
+                    ("LIBRARY_AUDIT_DIR", audit_dir(&dir).display().to_string()),
                 ]),
                 &dir,
                 Some(borrow_port),
@@ -645,6 +652,40 @@ impl System {
             process.spawn(&self.dir, &mut janitor);
         }
         self.wait_ready().await;
+    }
+
+    /// The transitions the audit log holds for `loan_id`, in the order they happened, each once
+    /// (a line written again after a crash repeats its id).
+    pub fn audited(&self, loan_id: &str) -> Vec<String> {
+        let mut lines: Vec<Value> = Vec::new();
+        for file in std::fs::read_dir(audit_dir(&self.dir)).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+            lines.extend(
+                text.lines().map(|l| {
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("an audit line is not JSON ({e}): {l}"))
+                }),
+            );
+        }
+        lines.retain(|line| line["loan_id"] == loan_id);
+        lines.sort_by_key(|line| line["id"].as_i64());
+        lines.dedup_by_key(|line| line["id"].as_i64());
+        lines
+            .iter()
+            .map(|line| line["transition"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Waits until the audit log holds exactly `expected` for `loan_id`.
+    pub async fn wait_audited(&self, loan_id: &str, expected: &[&str]) {
+        eventually("the loan's transitions audited", TIMEOUT, || async {
+            let audited = self.audited(loan_id);
+            if audited == expected {
+                Ok(())
+            } else {
+                Err(format!("audited {audited:?}, expected {expected:?}"))
+            }
+        })
+        .await
     }
 
     /// Prints the end of every process's log (on a failure).

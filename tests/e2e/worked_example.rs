@@ -72,6 +72,9 @@ async fn borrow_four_return_three_seven_days_late(system: &System) {
 
     reader.wait_dashboard(1, fee).await;
     reader.wait_available(&book_id, 3).await;
+    system
+        .wait_audited(&loan_id, &["borrowed", "activated", "due_date_changed", "returned"])
+        .await;
 
     let loans = reader
         .ok(

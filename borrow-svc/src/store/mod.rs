@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut migrations = library_platform::bus::bus_migrations();
         migrations.push(Box::new(CreateCirculation));
+        migrations.push(Box::new(crate::audit::CreateLoanAudit));
         migrations
     }
 }

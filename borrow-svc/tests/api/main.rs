@@ -1,4 +1,5 @@
 //! borrow-svc with book-svc, on real PostgreSQL and RabbitMQ, through gRPC.
+mod audit;
 mod borrowing;
 mod concurrency;
 mod faults;

@@ -1,0 +1,200 @@
+//! Draining a table of committed work in id order: rows are taken, handed to something outside
+//! the database (the broker, a file) and deleted only once it took them. A crash in between
+//! hands them over again, so whatever receives them must tolerate a repeat (the rows' ids tell).
+//! The outbox relay and borrow-svc's audit writer are both drains.
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sea_query::{DynIden, Expr, ExprTrait, IntoIden, LockBehavior, LockType, Order, Query, SelectStatement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, TransactionTrait};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How long a drain sleeps when nothing woke it: the bound on how late a row written by a
+/// crashed process (or another replica's missed wake-up) is handed over.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the last pass after shutdown may take.
+const LAST_PASS: Duration = Duration::from_secs(5);
+
+/// One table drained in batches of its oldest rows.
+pub struct TableDrain {
+    table: DynIden,
+    id: DynIden,
+    columns: Vec<DynIden>,
+    batch_size: u64,
+}
+
+impl TableDrain {
+    /// Drains `table`, ordered by its integer primary key `id`, reading `columns` (the id is
+    /// always read too), at most `batch_size` rows a pass.
+    pub fn new<C: IntoIden>(
+        table: impl IntoIden,
+        id: impl IntoIden,
+        columns: impl IntoIterator<Item = C>,
+        batch_size: u64,
+    ) -> Self {
+        let id = id.into_iden();
+        let columns = std::iter::once(id.clone())
+            .chain(columns.into_iter().map(IntoIden::into_iden))
+            .collect();
+        Self {
+            table: table.into_iden(),
+            id,
+            columns,
+            batch_size,
+        }
+    }
+
+    /// The most rows one pass takes.
+    pub fn batch_size(&self) -> u64 {
+        self.batch_size
+    }
+
+    /// One pass: hands up to one batch of the oldest rows, in id order, to `hand_over`, and
+    /// deletes them once it succeeded; returns how many it handed over.
+    ///
+    /// On PostgreSQL the pass is one transaction that deletes the oldest rows not locked by
+    /// another pass (`FOR UPDATE SKIP LOCKED`, so replicas never hand over the same row at once),
+    /// hands over what the delete returned, and commits only once `hand_over` succeeded; a failure
+    /// rolls the delete back. SQLite has a single process and a single writer: the rows are read,
+    /// handed over, then deleted.
+    ///
+    /// # Errors
+    /// The database failed, or `hand_over` did: nothing was removed.
+    pub async fn once<E, F, Fut>(&self, db: &DatabaseConnection, hand_over: F) -> Result<usize, E>
+    where
+        E: From<DbErr>,
+        F: FnOnce(Vec<QueryResult>) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        if db.get_database_backend() != DbBackend::Postgres {
+            return self.read_hand_over_delete(db, hand_over).await;
+        }
+        let txn = db.begin().await?;
+        // The commit only deletes rows already handed over: if a database crash loses it, they
+        // are handed over again, which the receiver tolerates anyway. So it need not wait for the
+        // disk, which takes a flush off the path of every row.
+        txn.execute_unprepared("SET LOCAL synchronous_commit = off").await?;
+        let mut oldest = self.oldest_ids();
+        oldest.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        let take = Query::delete()
+            .from_table(self.table.clone())
+            .and_where(Expr::col(self.id.clone()).in_subquery(oldest))
+            .returning(Query::returning().columns(self.columns.clone()))
+            .to_owned();
+        let rows = txn.query_all(&take).await?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            return Ok(0);
+        }
+        // RETURNING follows no order; the table's is the ids'.
+        let mut by_id = rows
+            .into_iter()
+            .map(|row| Ok((self.id_of(&row)?, row)))
+            .collect::<Result<Vec<_>, DbErr>>()?;
+        by_id.sort_unstable_by_key(|(id, _)| *id);
+        let rows: Vec<QueryResult> = by_id.into_iter().map(|(_, row)| row).collect();
+        let count = rows.len();
+        hand_over(rows).await?;
+        txn.commit().await?;
+        Ok(count)
+    }
+
+    async fn read_hand_over_delete<E, F, Fut>(&self, db: &DatabaseConnection, hand_over: F) -> Result<usize, E>
+    where
+        E: From<DbErr>,
+        F: FnOnce(Vec<QueryResult>) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let select = self
+            .oldest_ids()
+            .columns(self.columns.iter().skip(1).cloned())
+            .to_owned();
+        let rows = db.query_all(&select).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids = rows.iter().map(|row| self.id_of(row)).collect::<Result<Vec<_>, _>>()?;
+        hand_over(rows).await?;
+        let delete = Query::delete()
+            .from_table(self.table.clone())
+            .and_where(Expr::col(self.id.clone()).is_in(ids.iter().copied()))
+            .to_owned();
+        db.execute(&delete).await?;
+        Ok(ids.len())
+    }
+
+    /// The ids of the oldest batch of rows.
+    fn oldest_ids(&self) -> SelectStatement {
+        Query::select()
+            .column(self.id.clone())
+            .from(self.table.clone())
+            .order_by(self.id.clone(), Order::Asc)
+            .limit(self.batch_size)
+            .to_owned()
+    }
+
+    fn id_of(&self, row: &QueryResult) -> Result<i64, DbErr> {
+        row.try_get("", &self.id.to_string())
+    }
+}
+
+/// Runs `pass` (a [`TableDrain::once`] and what goes with it) until `shutdown`: again at once
+/// after a full batch of `batch_size` rows, else when `wake` is rung after a commit or after
+/// [`POLL_INTERVAL`]; with a growing back-off after a failure. After shutdown one last pass
+/// takes what requests that finished during the drain committed.
+pub async fn run_passes<E, F, Fut>(
+    what: &'static str,
+    batch_size: u64,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    mut pass: F,
+) where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<usize, E>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match pass().await {
+            // A full batch: more may be waiting.
+            Ok(count) if count as u64 >= batch_size => {
+                backoff = FIRST_BACKOFF;
+                continue;
+            }
+            // Every row committed before this pass began is handed over (or locked by another
+            // replica's pass); a commit since then has left a wake-up, so waiting loses nothing
+            // and spares a pass over an empty table.
+            Ok(_) => {
+                backoff = FIRST_BACKOFF;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = wake.notified() => {},
+                    _ = tokio::time::sleep(POLL_INTERVAL) => {},
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, drain = what, retry_in_ms = backoff.as_millis() as u64, "a drain pass failed; its rows stay for the next");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {},
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    match tokio::time::timeout(LAST_PASS, pass()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, drain = what, "the last pass failed; its rows leave at the next start")
+        }
+        Err(_) => tracing::warn!(
+            drain = what,
+            "the last pass timed out; its rows leave at the next start"
+        ),
+    }
+}
