@@ -59,14 +59,7 @@ impl AuditLog {
         let Some(host) = &self.host else { return Ok(()) };
         let now = Utc::now();
         let mut insert = Query::insert();
-        insert.into_table(LoanAudit::Table).columns([
-            LoanAudit::At,
-            LoanAudit::Host,
-            LoanAudit::Transition,
-            LoanAudit::LoanId,
-            LoanAudit::UserId,
-            LoanAudit::Detail,
-        ]);
+        insert.into_table(LoanAudit::Table).columns(COLUMNS);
         let mut empty = true;
         for transition in transitions {
             empty = false;
@@ -115,19 +108,7 @@ impl AuditWriter {
         Ok(Self {
             db,
             file: Arc::new(Mutex::new(file)),
-            table: TableDrain::new(
-                LoanAudit::Table,
-                LoanAudit::Id,
-                [
-                    LoanAudit::At,
-                    LoanAudit::Host,
-                    LoanAudit::Transition,
-                    LoanAudit::LoanId,
-                    LoanAudit::UserId,
-                    LoanAudit::Detail,
-                ],
-                BATCH_SIZE,
-            ),
+            table: TableDrain::new(LoanAudit::Table, LoanAudit::Id, COLUMNS, BATCH_SIZE),
         })
     }
 
@@ -190,6 +171,16 @@ fn host_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
+
+/// A recorded transition's columns besides its id, in the order [`AuditLog::record`] fills them.
+const COLUMNS: [LoanAudit; 6] = [
+    LoanAudit::At,
+    LoanAudit::Host,
+    LoanAudit::Transition,
+    LoanAudit::LoanId,
+    LoanAudit::UserId,
+    LoanAudit::Detail,
+];
 
 #[derive(DeriveIden)]
 enum LoanAudit {
