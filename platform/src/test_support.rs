@@ -1,6 +1,9 @@
 //! For tests: a fresh PostgreSQL database and a fresh set of broker names per test, so runs
-//! never collide and never depend on leftovers; tracing printed only when `TEST_LOG` is set.
-use std::sync::Once;
+//! never collide and never depend on leftovers, and a janitor that removes what a test binary
+//! made once it exits; tracing printed only when `TEST_LOG` is set.
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::{Mutex, Once, OnceLock};
 
 use sea_orm::{ConnectionTrait, Database};
 
@@ -39,13 +42,85 @@ pub async fn fresh_postgres_database(prefix: &str) -> String {
         .await
         .expect("create the test database");
     let _ = admin.close().await;
+    at_exit(&format!(
+        "command -v psql >/dev/null && psql {} -qc {} >/dev/null 2>&1",
+        sh_quote(&format!("{server}/postgres")),
+        sh_quote(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+    ));
     format!("{server}/{name}")
 }
 
 /// A SQLite file in a fresh temporary directory.
 pub fn fresh_sqlite_url(prefix: &str) -> String {
     let dir = std::env::temp_dir().join(format!("library-test-{}", uuid::Uuid::new_v4().simple()));
+    at_exit(&format!("rm -rf {}", sh_quote(&dir.display().to_string())));
     format!("sqlite://{}/{prefix}.db", dir.display())
+}
+
+/// A shell that collects cleanup commands, one a line, on a pipe from this test binary, and runs
+/// them (newest first) once the pipe closes: when its owner is dropped, or when the test binary
+/// exits however it exits (statics are never dropped; a killed binary runs no destructor).
+pub struct Janitor {
+    stdin: Option<std::process::ChildStdin>,
+    _process: std::process::Child,
+}
+
+const JANITOR: &str = r#"trap '' INT TERM HUP
+todo=''
+while IFS= read -r line; do todo="$line
+$todo"; done
+eval "$todo"
+"#;
+
+impl Janitor {
+    /// Starts the cleanup shell.
+    ///
+    /// # Panics
+    /// When `sh` cannot be started.
+    pub fn start() -> Self {
+        let mut process = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(JANITOR)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the cleanup shell (sh)");
+        Self {
+            stdin: process.stdin.take(),
+            _process: process,
+        }
+    }
+
+    /// Registers a shell command to run at the end.
+    pub fn at_end(&mut self, command: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = writeln!(stdin, "{command}");
+            let _ = stdin.flush();
+        }
+    }
+}
+
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        // Closing the pipe starts the cleanup, in the background.
+        self.stdin.take();
+    }
+}
+
+/// Runs the shell command `command` once this test binary has exited, however it exits.
+pub fn at_exit(command: &str) {
+    static JANITOR: OnceLock<Mutex<Janitor>> = OnceLock::new();
+    JANITOR
+        .get_or_init(|| Mutex::new(Janitor::start()))
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .at_end(command);
+}
+
+/// `value` quoted for a POSIX shell.
+pub fn sh_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
 }
 
 /// Exchange and queue names no other test uses; queues vanish 10 minutes after last use.

@@ -12,17 +12,19 @@
 //!   that do not disturb it.
 //!
 //! Every process is a direct child started with `kill_on_drop`; a small janitor process (a shell
-//! reading a pipe from this test binary) also kills them and drops the databases and the vhost
-//! when the test binary ends in any way, including the shared system that is never dropped.
+//! reading a pipe from this test binary: `library_platform::test_support::Janitor`) also kills
+//! them and removes the vhost and the working directory, and `fresh_postgres_database` has its
+//! databases dropped, when the test binary ends in any way, including the shared system that is
+//! never dropped.
 
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use library_platform::test_support::{Janitor, sh_quote};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -114,61 +116,6 @@ fn audit_dir(dir: &Path) -> PathBuf {
 
 pub fn unique(label: &str) -> String {
     format!("{label}-{}", Uuid::new_v4().simple())
-}
-
-fn sh_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The janitor: cleanup that survives the test binary
-// ---------------------------------------------------------------------------------------------
-
-/// A shell that collects cleanup commands, one a line, on a pipe from this test binary, and runs
-/// them (newest first) once the pipe closes: when its owner is dropped, or when the test binary
-/// exits however it exits (statics are never dropped; a killed binary runs no destructor).
-struct Janitor {
-    stdin: Option<std::process::ChildStdin>,
-    _process: std::process::Child,
-}
-
-const JANITOR: &str = r#"trap '' INT TERM HUP
-todo=''
-while IFS= read -r line; do todo="$line
-$todo"; done
-eval "$todo"
-"#;
-
-impl Janitor {
-    fn start() -> Self {
-        let mut process = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(JANITOR)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the cleanup shell (sh)");
-        Self {
-            stdin: process.stdin.take(),
-            _process: process,
-        }
-    }
-
-    /// Registers a shell command to run at the end.
-    fn at_end(&mut self, command: &str) {
-        if let Some(stdin) = self.stdin.as_mut() {
-            let _ = writeln!(stdin, "{command}");
-            let _ = stdin.flush();
-        }
-    }
-}
-
-impl Drop for Janitor {
-    fn drop(&mut self) {
-        // Closing the pipe starts the cleanup, in the background.
-        self.stdin.take();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -405,15 +352,7 @@ impl System {
 
         let mut databases = Vec::new();
         for service in ["book", "borrow", "dashboard"] {
-            let url = library_platform::test_support::fresh_postgres_database(&format!("e2e_{service}")).await;
-            if let Some((server, name)) = url.rsplit_once('/') {
-                janitor.at_end(&format!(
-                    "command -v psql >/dev/null && psql {} -qc {} >/dev/null 2>&1",
-                    sh_quote(&format!("{server}/postgres")),
-                    sh_quote(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                ));
-            }
-            databases.push(url);
+            databases.push(library_platform::test_support::fresh_postgres_database(&format!("e2e_{service}")).await);
         }
 
         let (book_port, borrow_port, dashboard_port, http_port) = (free_port(), free_port(), free_port(), free_port());
