@@ -33,6 +33,8 @@
 #   BENCH_GRAPHQL_BORROW_RATE
 #                        graphql-borrow-at-rate's (default: 800, issue 5's target)
 #   BENCH_DIR            where logs and JSON reports go (default: a fresh temporary directory)
+#   BENCH_BIN_DIR        run the binaries in this directory instead of building them (to compare
+#                        two builds in alternating runs on a machine whose speed drifts)
 #   BENCH_BOOK_ADDR, BENCH_BORROW_ADDR, BENCH_DASHBOARD_ADDR, BENCH_GATEWAY_ADDR
 #                        where the processes listen (default: 127.0.0.1:21051, :21052, :21053,
 #                        :18080)
@@ -259,8 +261,12 @@ BUILD_FLAGS=()
 PACKAGES=(-p book-svc -p borrow-svc -p dashboard-svc -p library-load)
 [[ $WITH_GATEWAY == 1 ]] && PACKAGES+=(-p graphql-gateway)
 log "building ($PROFILE) into $CARGO_TARGET_DIR"
-(cd "$ROOT" && cargo build "${BUILD_FLAGS[@]}" "${PACKAGES[@]}")
-BIN="$CARGO_TARGET_DIR/$PROFILE"
+if [[ -n "${BENCH_BIN_DIR:-}" ]]; then
+  BIN="$BENCH_BIN_DIR"
+else
+  (cd "$ROOT" && cargo build "${BUILD_FLAGS[@]}" "${PACKAGES[@]}")
+  BIN="$CARGO_TARGET_DIR/$PROFILE"
+fi
 
 # --- infrastructure --------------------------------------------------------------------------
 pg_isready -q -d "$PG/postgres" || { log "PostgreSQL is not reachable at $PG"; exit 1; }

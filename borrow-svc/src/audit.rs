@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use library_platform::drain::{TableDrain, run_passes};
-use sea_orm::sea_query::{ColumnDef, Query, Table};
+use sea_orm::sea_query::{ColumnDef, InsertStatement, Query, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, DeriveIden, QueryResult};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use tokio::sync::Notify;
@@ -56,7 +56,15 @@ impl AuditLog {
         txn: &impl ConnectionTrait,
         transitions: impl IntoIterator<Item = Transition<'a>>,
     ) -> Result<(), DbErr> {
-        let Some(host) = &self.host else { return Ok(()) };
+        if let Some(insert) = self.insert_of(transitions) {
+            txn.execute(&insert).await?;
+        }
+        Ok(())
+    }
+
+    /// The insert that records `transitions`: none when nothing is audited or there are none.
+    pub fn insert_of<'a>(&self, transitions: impl IntoIterator<Item = Transition<'a>>) -> Option<InsertStatement> {
+        let host = self.host.as_ref()?;
         let now = Utc::now();
         let mut insert = Query::insert();
         insert.into_table(LoanAudit::Table).columns(COLUMNS);
@@ -72,10 +80,7 @@ impl AuditLog {
                 transition.detail.to_string().into(),
             ]);
         }
-        if !empty {
-            txn.execute(&insert).await?;
-        }
-        Ok(())
+        (!empty).then_some(insert)
     }
 }
 

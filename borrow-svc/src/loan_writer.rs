@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use library_platform::bus::{EventEnvelope, Outbox};
-use library_platform::database::is_unique_violation;
+use library_platform::database::{insert_together, is_unique_violation};
 use library_proto::events::BookBorrowed;
 use library_proto::time::to_timestamp;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryTrait,
     TransactionTrait,
 };
 use serde_json::json;
@@ -222,8 +222,13 @@ impl LoanStore {
             })
             .collect();
         if !stored.is_empty() {
-            match loans::Entity::insert_many(stored).exec_without_returning(&txn).await {
-                Ok(_) => {}
+            // The loans, their events and their audit in one round trip.
+            let inserts = std::iter::once(loans::Entity::insert_many(stored).into_query())
+                .chain(Outbox::insert_of(envelopes))
+                .chain(self.audit.insert_of(outcomes.iter().flatten().map(borrowed_transition)))
+                .collect();
+            match insert_together(&txn, inserts).await {
+                Ok(()) => {}
                 // A twin keyed borrow in the other batch in flight committed first.
                 Err(e) if is_unique_violation(&e) => {
                     txn.rollback().await?;
@@ -231,10 +236,6 @@ impl LoanStore {
                 }
                 Err(e) => return Err(e.into()),
             }
-            self.outbox.enqueue_all(&txn, envelopes).await?;
-            self.audit
-                .record(&txn, outcomes.iter().flatten().map(borrowed_transition))
-                .await?;
         }
         self.outbox.commit(txn).await?;
         for loan in outcomes.iter().flatten() {

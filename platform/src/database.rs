@@ -1,6 +1,7 @@
 //! Database connections (PostgreSQL or SQLite through sea-orm) and migrations.
 use std::time::Duration;
 
+use sea_orm::sea_query::{Alias, CommonTableExpression, InsertStatement, WithClause};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
@@ -161,6 +162,43 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Runs inserts that do not depend on each other (into different tables, or none reading
+/// another's rows) as one: on PostgreSQL one statement, each insert but the last a part of its
+/// `WITH` clause, so a transaction pays one round trip for all of them; on SQLite, which has no
+/// data-modifying `WITH`, one after the other. Either way all of them happen or the statement
+/// fails.
+///
+/// # Errors
+/// An insert failed; the caller's transaction must not commit.
+pub async fn insert_together(conn: &impl ConnectionTrait, inserts: Vec<InsertStatement>) -> Result<(), DbErr> {
+    let mut inserts = inserts.into_iter();
+    let Some(last) = inserts.next_back() else {
+        return Ok(());
+    };
+    if conn.get_database_backend() != DbBackend::Postgres {
+        for insert in inserts {
+            conn.execute(&insert).await?;
+        }
+        conn.execute(&last).await?;
+        return Ok(());
+    }
+    if inserts.len() == 0 {
+        conn.execute(&last).await?;
+        return Ok(());
+    }
+    let mut parts = WithClause::new();
+    for (n, insert) in inserts.enumerate() {
+        parts.cte(
+            CommonTableExpression::new()
+                .query(insert)
+                .table_name(Alias::new(format!("insert_{n}")))
+                .to_owned(),
+        );
+    }
+    conn.execute(&parts.query(last)).await?;
+    Ok(())
 }
 
 /// True when `err` is a unique-constraint violation (a duplicate key).

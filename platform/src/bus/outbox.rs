@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use library_proto::DomainEvent;
-use sea_orm::sea_query::{ColumnDef, Expr, Index, Query, Table};
+use sea_orm::sea_query::{ColumnDef, Expr, Index, InsertStatement, Query, Table};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, DeriveIden, QueryResult};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use tokio::sync::Notify;
@@ -119,6 +119,16 @@ impl Outbox {
         txn: &impl ConnectionTrait,
         envelopes: impl IntoIterator<Item = EventEnvelope>,
     ) -> Result<(), DbErr> {
+        if let Some(insert) = Self::insert_of(envelopes) {
+            txn.execute(&insert).await?;
+        }
+        Ok(())
+    }
+
+    /// The insert that adds `envelopes` to the outbox, in this order (none for no events): for
+    /// a transaction that runs it with its own inserts in one round trip
+    /// ([`crate::database::insert_together`]).
+    pub fn insert_of(envelopes: impl IntoIterator<Item = EventEnvelope>) -> Option<InsertStatement> {
         let mut insert = Query::insert();
         insert.into_table(OutboxEvents::Table).columns(ENVELOPE_COLUMNS);
         let mut empty = true;
@@ -126,10 +136,7 @@ impl Outbox {
             empty = false;
             insert.values_panic(envelope_values(envelope));
         }
-        if !empty {
-            txn.execute(&insert).await?;
-        }
-        Ok(())
+        (!empty).then_some(insert)
     }
 
     /// Commits `txn` and wakes the relay.

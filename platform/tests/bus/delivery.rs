@@ -2,9 +2,11 @@
 use std::time::Duration;
 
 use library_platform::bus::{EventBus, EventEnvelope, Outbox, Relay, Relayed};
+use library_platform::database::insert_together;
 use library_platform::test_support::{amqp_url, fresh_bus_names};
 use library_platform::{CancellationToken, TaskTracker};
 use sea_orm::TransactionTrait;
+use sea_orm::sea_query::{Alias, Query};
 
 use library_platform::test_support::eventually;
 
@@ -206,4 +208,41 @@ async fn a_batch_reaches_handlers_as_runs_of_one_type_in_delivery_order_each_eve
     runs.lock().unwrap().clear();
     assert!(subscriptions.apply_batch(&batch).await.iter().all(Result::is_ok));
     assert!(runs.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_change_and_its_events_inserted_together_commit_or_vanish_together() {
+    let applied = |id: &str| {
+        Query::insert()
+            .into_table(Alias::new("applied"))
+            .columns([Alias::new("event_id")])
+            .values_panic([id.into()])
+            .to_owned()
+    };
+    let first = EventEnvelope::of(&event());
+    for db in [postgres().await, sqlite().await] {
+        let consumer = Consumer::new(db.clone());
+        let txn = db.begin().await.unwrap();
+        let inserts = vec![applied("a"), Outbox::insert_of([first.clone()]).unwrap()];
+        insert_together(&txn, inserts).await.unwrap();
+        txn.commit().await.unwrap();
+        assert!(consumer.has_applied("a").await);
+        assert_eq!(outbox_rows(&db).await, 1);
+
+        // The same event id again breaks the outbox's unique key: the change goes with it.
+        let txn = db.begin().await.unwrap();
+        let inserts = vec![applied("b"), Outbox::insert_of([first.clone()]).unwrap()];
+        assert!(insert_together(&txn, inserts).await.is_err());
+        txn.rollback().await.unwrap();
+        assert!(!consumer.has_applied("b").await);
+        assert_eq!(outbox_rows(&db).await, 1);
+    }
+
+    // On PostgreSQL they are one statement, all or nothing even without a transaction.
+    let db = postgres().await;
+    let consumer = Consumer::new(db.clone());
+    Outbox::default().enqueue_all(&db, [first.clone()]).await.unwrap();
+    let inserts = vec![applied("c"), Outbox::insert_of([first]).unwrap()];
+    assert!(insert_together(&db, inserts).await.is_err());
+    assert!(!consumer.has_applied("c").await);
 }
