@@ -16,7 +16,7 @@ use library_platform::bus::{EventEnvelope, Outbox};
 use library_platform::database::{insert_together, is_unique_violation};
 use library_proto::events::BookBorrowed;
 use library_proto::time::to_timestamp;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, InsertStatement, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryTrait,
     TransactionTrait,
@@ -187,9 +187,43 @@ impl LoanStore {
 
     /// Stores every borrow of `loans` (distinct readers, sorted) in one transaction, or nothing.
     async fn store_together(&self, loans: &[NewLoan]) -> Result<Vec<Result<Loan, CirculationError>>, Undecided> {
+        if loans.iter().all(|l| l.idempotency_key.is_none())
+            && let Some(stored) = self.store_all_within_limit(loans).await?
+        {
+            return Ok(stored.into_iter().map(Ok).collect());
+        }
+        self.store_checked(loans).await
+    }
+
+    /// The common case in one statement: the allowances, loans, events and audit of borrows
+    /// whose readers all stay within the limit. When one would not, nothing is stored (`None`).
+    async fn store_all_within_limit(&self, new: &[NewLoan]) -> Result<Option<Vec<Loan>>, Undecided> {
+        let now = Utc::now();
+        let due_at = self.policy.due_at(now);
+        let stored: Vec<Loan> = new.iter().map(|n| pending_loan(n, now, due_at)).collect();
+        let mut inserts = self.inserts_of(&stored);
+        inserts.push(allowances(new, self.policy.max_copies()));
+        let txn = self.db.begin().await?;
+        let allowed = insert_together(&txn, inserts).await?;
+        if allowed.len() < new.len() {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        self.outbox.commit(txn).await?;
+        log_accepted(&stored);
+        Ok(Some(stored))
+    }
+
+    /// Takes the allowances first and stores the borrows that fit; answers the others with the
+    /// limit, and gives up on a batch with a used idempotency key.
+    async fn store_checked(&self, loans: &[NewLoan]) -> Result<Vec<Result<Loan, CirculationError>>, Undecided> {
         let max = self.policy.max_copies();
         let txn = self.db.begin().await?;
-        let allowed = take_allowances(&txn, loans, max).await?;
+        let allowed = txn.query_all(&allowances(loans, max)).await?;
+        let allowed: HashSet<String> = allowed
+            .iter()
+            .map(|row| row.try_get::<String>("", "user_id"))
+            .collect::<Result<_, _>>()?;
         let keyed: Vec<&NewLoan> = loans.iter().filter(|l| l.idempotency_key.is_some()).collect();
         if !keyed.is_empty() && any_key_used(&txn, &keyed).await? {
             txn.rollback().await?;
@@ -204,31 +238,23 @@ impl LoanStore {
 
         let now = Utc::now();
         let due_at = self.policy.due_at(now);
-        let mut stored = Vec::new();
-        let mut envelopes = Vec::new();
         let outcomes: Vec<Result<Loan, CirculationError>> = loans
             .iter()
             .map(|new| {
-                if !allowed.contains(&new.user_id) {
-                    return Err(CirculationError::LimitReached {
+                if allowed.contains(&new.user_id) {
+                    Ok(pending_loan(new, now, due_at))
+                } else {
+                    Err(CirculationError::LimitReached {
                         outstanding: outstanding.get(&new.user_id).copied().unwrap_or_default(),
                         max,
-                    });
+                    })
                 }
-                let loan = pending_loan(new, now, due_at);
-                envelopes.push(EventEnvelope::of(&borrowed_event(&loan)));
-                stored.push(loans::ActiveModel::from(loan.clone()));
-                Ok(loan)
             })
             .collect();
+        let stored: Vec<Loan> = outcomes.iter().flatten().cloned().collect();
         if !stored.is_empty() {
-            // The loans, their events and their audit in one round trip.
-            let inserts = std::iter::once(loans::Entity::insert_many(stored).into_query())
-                .chain(Outbox::insert_of(envelopes))
-                .chain(self.audit.insert_of(outcomes.iter().flatten().map(borrowed_transition)))
-                .collect();
-            match insert_together(&txn, inserts).await {
-                Ok(()) => {}
+            match insert_together(&txn, self.inserts_of(&stored)).await {
+                Ok(_) => {}
                 // A twin keyed borrow in the other batch in flight committed first.
                 Err(e) if is_unique_violation(&e) => {
                     txn.rollback().await?;
@@ -238,10 +264,18 @@ impl LoanStore {
             }
         }
         self.outbox.commit(txn).await?;
-        for loan in outcomes.iter().flatten() {
-            tracing::info!(loan_id = %loan.id, user_id = %loan.user_id, book_id = %loan.book_id, quantity = loan.quantity, "loan accepted");
-        }
+        log_accepted(&stored);
         Ok(outcomes)
+    }
+
+    /// What storing `loans` inserts: the loans, their `BookBorrowed` events and their audit.
+    fn inserts_of(&self, loans: &[Loan]) -> Vec<InsertStatement> {
+        let models = loans.iter().cloned().map(loans::ActiveModel::from);
+        let events = loans.iter().map(|loan| EventEnvelope::of(&borrowed_event(loan)));
+        std::iter::once(loans::Entity::insert_many(models).into_query())
+            .chain(Outbox::insert_of(events))
+            .chain(self.audit.insert_of(loans.iter().map(borrowed_transition)))
+            .collect()
     }
 
     /// Stores one borrow in a transaction of its own: the path every batch falls back to. A key
@@ -326,11 +360,11 @@ async fn any_key_used(txn: &DatabaseTransaction, keyed: &[&NewLoan]) -> Result<b
 }
 
 /// Adds each borrow's quantity to its reader's outstanding copies (creating the reader) unless
-/// that would pass `max`; returns the readers whose borrow fits. One statement, which also locks
-/// the readers' rows until the transaction ends (PostgreSQL locks a conflicting row even when the
-/// update's condition refuses it), so one reader's borrows take turns; SQLite has a single writer
-/// anyway. The readers must be distinct.
-async fn take_allowances(txn: &DatabaseTransaction, loans: &[NewLoan], max: i32) -> Result<HashSet<String>, DbErr> {
+/// that would pass `max`, returning (`user_id`) the readers whose borrow fits. One statement,
+/// which also locks the readers' rows until the transaction ends (PostgreSQL locks a conflicting
+/// row even when the update's condition refuses it), so one reader's borrows take turns; SQLite
+/// has a single writer anyway. The readers must be distinct.
+fn allowances(loans: &[NewLoan], max: i32) -> InsertStatement {
     let outstanding = || Expr::col((readers::Entity, readers::Column::Outstanding));
     let wanted = || Expr::col((Alias::new("excluded"), readers::Column::Outstanding));
     let mut upsert = Query::insert();
@@ -348,8 +382,13 @@ async fn take_allowances(txn: &DatabaseTransaction, loans: &[NewLoan], max: i32)
                 .to_owned(),
         )
         .returning_col(readers::Column::UserId);
-    let rows = txn.query_all(&upsert).await?;
-    rows.iter().map(|row| row.try_get::<String>("", "user_id")).collect()
+    upsert
+}
+
+fn log_accepted(loans: &[Loan]) {
+    for loan in loans {
+        tracing::info!(loan_id = %loan.id, user_id = %loan.user_id, book_id = %loan.book_id, quantity = loan.quantity, "loan accepted");
+    }
 }
 
 /// The outstanding copies of these readers.

@@ -3,7 +3,9 @@ use std::time::Duration;
 
 use sea_orm::sea_query::{Alias, CommonTableExpression, InsertStatement, WithClause};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, QueryResult, TransactionTrait,
+};
 use sea_orm_migration::MigratorTrait;
 
 pub use sea_orm;
@@ -165,28 +167,26 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Runs inserts that do not depend on each other (into different tables, or none reading
-/// another's rows) as one: on PostgreSQL one statement, each insert but the last a part of its
-/// `WITH` clause, so a transaction pays one round trip for all of them; on SQLite, which has no
-/// data-modifying `WITH`, one after the other. Either way all of them happen or the statement
-/// fails.
+/// another's rows) as one, and returns what the last one's `RETURNING` gave: on PostgreSQL one
+/// statement, each insert but the last a part of its `WITH` clause, so a transaction pays one
+/// round trip for all of them; on SQLite, which has no data-modifying `WITH`, one after the
+/// other. Either way all of them happen or the call fails.
 ///
 /// # Errors
 /// An insert failed; the caller's transaction must not commit.
-pub async fn insert_together(conn: &impl ConnectionTrait, inserts: Vec<InsertStatement>) -> Result<(), DbErr> {
+pub async fn insert_together(
+    conn: &impl ConnectionTrait,
+    inserts: Vec<InsertStatement>,
+) -> Result<Vec<QueryResult>, DbErr> {
     let mut inserts = inserts.into_iter();
     let Some(last) = inserts.next_back() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
-    if conn.get_database_backend() != DbBackend::Postgres {
+    if conn.get_database_backend() != DbBackend::Postgres || inserts.len() == 0 {
         for insert in inserts {
             conn.execute(&insert).await?;
         }
-        conn.execute(&last).await?;
-        return Ok(());
-    }
-    if inserts.len() == 0 {
-        conn.execute(&last).await?;
-        return Ok(());
+        return conn.query_all(&last).await;
     }
     let mut parts = WithClause::new();
     for (n, insert) in inserts.enumerate() {
@@ -197,8 +197,7 @@ pub async fn insert_together(conn: &impl ConnectionTrait, inserts: Vec<InsertSta
                 .to_owned(),
         );
     }
-    conn.execute(&parts.query(last)).await?;
-    Ok(())
+    conn.query_all(&parts.query(last)).await
 }
 
 /// True when `err` is a unique-constraint violation (a duplicate key).
