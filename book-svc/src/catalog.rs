@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use library_platform::bus::{EventEnvelope, HandleError, Outbox, Subscriptions};
+use library_platform::database::insert_together;
 use library_platform::paging::{self, PagingError};
 use library_proto::events::{
     BookBorrowed, BookRegistered, BookRemoved, BookUpdated, OutOfStock, StockChanged, StockReleased, StockReserved,
@@ -12,7 +13,8 @@ use library_proto::time::to_timestamp;
 use sea_orm::sea_query::{Asterisk, Expr, ExprTrait, Func, LikeExpr, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Set, TransactionTrait,
+    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, QueryTrait, Set,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -404,10 +406,10 @@ impl Catalog {
             tracing::info!(book_id = %book.id, available = book.available_copies, "copies reserved");
             events.push(EventEnvelope::of(&stock_changed(book)));
         }
-        if !reservations.is_empty() {
-            reservations::Entity::insert_many(reservations).exec(txn).await?;
-        }
-        self.outbox.enqueue_all(txn, events).await?;
+        // The reservations and the events in one round trip.
+        let reserved = (!reservations.is_empty()).then(|| reservations::Entity::insert_many(reservations).into_query());
+        let inserts = reserved.into_iter().chain(Outbox::insert_of(events)).collect();
+        insert_together(txn, inserts).await?;
         Ok(())
     }
 
