@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use library_platform::drain::{TableDrain, run_passes};
-use sea_orm::sea_query::{ColumnDef, InsertStatement, Query, Table};
+use library_platform::database::insert_rows;
+use library_platform::drain::{TableDrain, run_passes, sequence_key};
+use sea_orm::sea_query::{ColumnDef, InsertStatement, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, DeriveIden, QueryResult};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use tokio::sync::Notify;
@@ -66,21 +67,17 @@ impl AuditLog {
     pub fn insert_of<'a>(&self, transitions: impl IntoIterator<Item = Transition<'a>>) -> Option<InsertStatement> {
         let host = self.host.as_ref()?;
         let now = Utc::now();
-        let mut insert = Query::insert();
-        insert.into_table(LoanAudit::Table).columns(COLUMNS);
-        let mut empty = true;
-        for transition in transitions {
-            empty = false;
-            insert.values_panic([
+        let rows = transitions.into_iter().map(|transition| {
+            [
                 now.into(),
                 host.to_string().into(),
                 transition.kind.into(),
                 transition.loan_id.into(),
                 transition.user_id.into(),
                 transition.detail.to_string().into(),
-            ]);
-        }
-        (!empty).then_some(insert)
+            ]
+        });
+        insert_rows(LoanAudit::Table, COLUMNS, rows)
     }
 }
 
@@ -216,13 +213,7 @@ impl MigrationTrait for CreateLoanAudit {
                 Table::create()
                     .table(LoanAudit::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(LoanAudit::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(sequence_key(LoanAudit::Id))
                     .col(ColumnDef::new(LoanAudit::At).timestamp_with_time_zone().not_null())
                     .col(ColumnDef::new(LoanAudit::Host).string_len(255).not_null())
                     .col(ColumnDef::new(LoanAudit::Transition).string_len(32).not_null())

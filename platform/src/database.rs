@@ -1,7 +1,7 @@
 //! Database connections (PostgreSQL or SQLite through sea-orm) and migrations.
 use std::time::Duration;
 
-use sea_orm::sea_query::{Alias, CommonTableExpression, InsertStatement, WithClause};
+use sea_orm::sea_query::{Alias, CommonTableExpression, Expr, InsertStatement, IntoIden, Query, WithClause};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, QueryResult, TransactionTrait,
@@ -164,6 +164,23 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// An insert of `rows` (each the values of `columns`, in their order) into `table`, in one
+/// statement; none when there are no rows, as SQL has no insert of nothing.
+pub fn insert_rows<C: IntoIden, R: IntoIterator<Item = Expr>>(
+    table: impl IntoIden,
+    columns: impl IntoIterator<Item = C>,
+    rows: impl IntoIterator<Item = R>,
+) -> Option<InsertStatement> {
+    let mut rows = rows.into_iter().peekable();
+    rows.peek()?;
+    let mut insert = Query::insert();
+    insert.into_table(table).columns(columns);
+    for row in rows {
+        insert.values_panic(row);
+    }
+    Some(insert)
 }
 
 /// Runs inserts that do not depend on each other (into different tables, or none reading

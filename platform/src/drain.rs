@@ -7,7 +7,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::sea_query::{DynIden, Expr, ExprTrait, IntoIden, LockBehavior, LockType, Order, Query, SelectStatement};
+use sea_orm::sea_query::{
+    ColumnDef, DynIden, Expr, ExprTrait, IntoIden, LockBehavior, LockType, Order, Query, SelectStatement,
+};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, TransactionTrait};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,17 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long the last pass after shutdown may take.
 const LAST_PASS: Duration = Duration::from_secs(5);
+
+/// How a migration defines `name`, the integer key that numbers a table's rows in the order they
+/// were written: what a [`TableDrain`] drains by, and what other append-only tables read by.
+pub fn sequence_key(name: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(name)
+        .big_integer()
+        .not_null()
+        .auto_increment()
+        .primary_key()
+        .to_owned()
+}
 
 /// One table drained in batches of its oldest rows.
 pub struct TableDrain {

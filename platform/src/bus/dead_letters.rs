@@ -11,6 +11,7 @@ use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 
 use super::EventEnvelope;
 use super::outbox::{ENVELOPE_COLUMNS, OutboxEvents, envelope_column_defs, envelope_of, envelope_values};
+use crate::drain::sequence_key;
 
 /// A message a consumer gave up on, with why.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,13 +110,7 @@ impl MigrationTrait for CreateDeadLetters {
         table
             .table(DeadLetters::Table)
             .if_not_exists()
-            .col(
-                ColumnDef::new(DeadLetters::Id)
-                    .big_integer()
-                    .not_null()
-                    .auto_increment()
-                    .primary_key(),
-            )
+            .col(sequence_key(DeadLetters::Id))
             .col(ColumnDef::new(DeadLetters::Queue).string_len(128).not_null());
         for column in envelope_column_defs() {
             table.col(column);

@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use library_proto::DomainEvent;
-use sea_orm::sea_query::{ColumnDef, Expr, Index, InsertStatement, Query, Table};
+use sea_orm::sea_query::{ColumnDef, Expr, Index, InsertStatement, Table};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, DeriveIden, QueryResult};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use tokio::sync::Notify;
 
 use super::EventEnvelope;
+use crate::database::insert_rows;
+use crate::drain::sequence_key;
 
 #[derive(DeriveIden)]
 pub(super) enum OutboxEvents {
@@ -129,14 +131,11 @@ impl Outbox {
     /// a transaction that runs it with its own inserts in one round trip
     /// ([`crate::database::insert_together`]).
     pub fn insert_of(envelopes: impl IntoIterator<Item = EventEnvelope>) -> Option<InsertStatement> {
-        let mut insert = Query::insert();
-        insert.into_table(OutboxEvents::Table).columns(ENVELOPE_COLUMNS);
-        let mut empty = true;
-        for envelope in envelopes {
-            empty = false;
-            insert.values_panic(envelope_values(envelope));
-        }
-        (!empty).then_some(insert)
+        insert_rows(
+            OutboxEvents::Table,
+            ENVELOPE_COLUMNS,
+            envelopes.into_iter().map(envelope_values),
+        )
     }
 
     /// Commits `txn` and wakes the relay.
@@ -175,13 +174,10 @@ impl MigrationName for CreateEventTables {
 impl MigrationTrait for CreateEventTables {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let mut outbox = Table::create();
-        outbox.table(OutboxEvents::Table).if_not_exists().col(
-            ColumnDef::new(OutboxEvents::Id)
-                .big_integer()
-                .not_null()
-                .auto_increment()
-                .primary_key(),
-        );
+        outbox
+            .table(OutboxEvents::Table)
+            .if_not_exists()
+            .col(sequence_key(OutboxEvents::Id));
         let [mut event_id, others @ ..] = envelope_column_defs();
         outbox.col(event_id.unique_key());
         for column in others {
