@@ -59,7 +59,7 @@ struct ServiceConfigs {
 }
 
 fn from_env<T: clap::Parser>(name: &str) -> anyhow::Result<T> {
-    T::try_parse_from([name]).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+    library_platform::config::parse_from::<T>(&[name]).map_err(|refused| anyhow::anyhow!("{name}: {refused}"))
 }
 
 /// A setting's value when it was given in the environment; services inside the all-in-one
@@ -78,6 +78,14 @@ async fn service_configs(config: &Config, jwt_secret: &str) -> anyhow::Result<Se
     borrow.grpc_addr = internal_addr("BORROW_GRPC_ADDR", 50052)?;
     dashboard.grpc_addr = internal_addr("DASHBOARD_GRPC_ADDR", 50053)?;
     gateway.http_addr = config.http_addr;
+    // Only the gateway is reached from outside; it alone waits out LIBRARY_SHUTDOWN_DELAY.
+    for delay in [
+        &mut book.shutdown.shutdown_delay,
+        &mut borrow.shutdown.shutdown_delay,
+        &mut dashboard.shutdown.shutdown_delay,
+    ] {
+        *delay = std::time::Duration::ZERO;
+    }
     gateway.jwt_secret = Some(jwt_secret.to_owned());
     if let Some(url) = &config.database_url {
         book.database.database_url = Some(database::service_database(url, "book").await?);

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use library_platform::telemetry::ServiceLevel;
 
 #[global_allocator]
@@ -8,7 +7,10 @@ static GLOBAL: library_platform::Allocator = library_platform::Allocator;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = library::Config::parse();
+    let config: library::Config = match library_platform::service::settings("library") {
+        Ok(config) => config,
+        Err(exit) => return exit,
+    };
     let var = |name: &str| std::env::var(name).ok();
     let (book, borrow, dashboard, gateway) = (
         var("BOOK_LOG_LEVEL"),

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use library_platform::telemetry::ServiceLevel;
 
 #[global_allocator]
@@ -8,7 +7,10 @@ static GLOBAL: library_platform::Allocator = library_platform::Allocator;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = book_svc::Config::parse();
+    let config: book_svc::Config = match library_platform::service::settings("book-svc") {
+        Ok(config) => config,
+        Err(exit) => return exit,
+    };
     let (telemetry, log_level) = (config.telemetry.clone(), config.log_level.clone());
     let level = ServiceLevel {
         setting: "BOOK_LOG_LEVEL",

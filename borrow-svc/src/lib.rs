@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use library_platform::bus::{EventBus, Outbox, Relay};
-use library_platform::config::{BusArgs, DatabaseArgs, TelemetryArgs};
+use library_platform::config::{BusArgs, DatabaseArgs, ShutdownArgs, TelemetryArgs};
 use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::borrow::borrow_service_server::{BorrowServiceServer, SERVICE_NAME};
@@ -99,6 +99,8 @@ pub struct Config {
     pub bus: BusArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 impl Config {
@@ -168,6 +170,7 @@ impl Application {
             relay: Relay::new(db, bus, &outbox),
             tracker,
             shutdown,
+            shutdown_delay: config.shutdown.shutdown_delay,
         };
         Ok(Self {
             listener,

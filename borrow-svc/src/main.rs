@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use library_platform::telemetry::ServiceLevel;
 
 #[global_allocator]
@@ -8,7 +7,10 @@ static GLOBAL: library_platform::Allocator = library_platform::Allocator;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = borrow_svc::Config::parse();
+    let config: borrow_svc::Config = match library_platform::service::settings("borrow-svc") {
+        Ok(config) => config,
+        Err(exit) => return exit,
+    };
     let (telemetry, log_level) = (config.telemetry.clone(), config.log_level.clone());
     let level = ServiceLevel {
         setting: "BORROW_LOG_LEVEL",

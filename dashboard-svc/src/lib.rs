@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use library_platform::bus::{EventBus, Outbox, Relay};
-use library_platform::config::{BusArgs, DatabaseArgs, TelemetryArgs};
+use library_platform::config::{BusArgs, DatabaseArgs, ShutdownArgs, TelemetryArgs};
 use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::dashboard::dashboard_service_server::{DashboardServiceServer, SERVICE_NAME};
@@ -54,6 +54,8 @@ pub struct Config {
     pub bus: BusArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 /// A built dashboard-svc: database migrated, port bound, consumers subscribed; not yet serving.
@@ -90,6 +92,7 @@ impl Application {
             relay: Relay::new(db, bus, &outbox),
             tracker,
             shutdown,
+            shutdown_delay: config.shutdown.shutdown_delay,
         };
         Ok(Self {
             listener,

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use library_platform::CancellationToken;
-use library_platform::config::TelemetryArgs;
+use library_platform::config::{ShutdownArgs, TelemetryArgs};
 use library_platform::grpc::guarded_channel;
 use library_proto::book::book_service_client::BookServiceClient;
 use library_proto::borrow::borrow_service_client::BorrowServiceClient;
@@ -96,6 +96,8 @@ pub struct Config {
     pub log_level: Option<String>,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
 }
 
 /// A built gateway: port bound, clients ready (they connect on first use).
@@ -103,6 +105,7 @@ pub struct Application {
     listener: TcpListener,
     state: http::AppState,
     shutdown: CancellationToken,
+    shutdown_delay: Duration,
 }
 
 impl Application {
@@ -163,6 +166,7 @@ impl Application {
             listener,
             state,
             shutdown,
+            shutdown_delay: config.shutdown.shutdown_delay,
         })
     }
 
@@ -171,8 +175,9 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
-    /// Serves until the shutdown token is cancelled: readiness goes false, the listener closes,
-    /// in-flight requests finish and subscriptions end.
+    /// Serves until the shutdown token is cancelled: readiness goes false and subscriptions end,
+    /// requests are still served for the shutdown delay, then the listener closes and in-flight
+    /// requests finish.
     ///
     /// # Errors
     /// The HTTP server failed.
@@ -181,6 +186,7 @@ impl Application {
             listener,
             state,
             shutdown,
+            shutdown_delay,
         } = self;
         let ready = state.ready.clone();
         ready.store(true, Ordering::SeqCst);
@@ -196,6 +202,7 @@ impl Application {
             .with_graceful_shutdown(async move {
                 shutdown.cancelled().await;
                 ready.store(false, Ordering::SeqCst);
+                library_platform::shutdown::lame_duck(shutdown_delay).await;
             })
             .await?;
         Ok(())

@@ -34,8 +34,9 @@ pub fn server() -> Result<(HealthReporter, Router), tonic_reflection::server::Er
 }
 
 /// Serves `router` on `listener` until `shutdown`: health reports SERVING for the whole server
-/// and each of `services`, then NOT_SERVING as soon as the shutdown begins; the server stops
-/// accepting and in-flight calls finish.
+/// and each of `services`, then NOT_SERVING as soon as the shutdown begins; the server goes on
+/// serving for `delay` (so that load balancers see it unready and stop sending first), then
+/// stops accepting and in-flight calls finish.
 ///
 /// # Errors
 /// The server failed.
@@ -45,6 +46,7 @@ pub async fn serve(
     reporter: HealthReporter,
     services: &[&str],
     shutdown: CancellationToken,
+    delay: Duration,
 ) -> Result<(), tonic::transport::Error> {
     let names: Vec<String> = std::iter::once(String::new())
         .chain(services.iter().map(|s| (*s).to_owned()))
@@ -59,6 +61,7 @@ pub async fn serve(
                 .set_service_status(name.as_str(), ServingStatus::NotServing)
                 .await;
         }
+        crate::shutdown::lame_duck(delay).await;
     };
     router
         // Without TCP_NODELAY a reply's trailers wait for the client's delayed ACK: 40 ms.

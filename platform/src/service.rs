@@ -12,7 +12,7 @@ use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
 use crate::bus::{BusNames, EventBus, Relay};
-use crate::config::{BusArgs, TelemetryArgs};
+use crate::config::{BusArgs, Refused, TelemetryArgs};
 use crate::telemetry::{self, ServiceLevel};
 
 /// How long a stopping service waits for its background tasks.
@@ -28,7 +28,7 @@ where
     let _guard = match telemetry::init(service, telemetry, levels) {
         Ok(guard) => guard,
         Err(error) => {
-            eprintln!("{service}: {error}");
+            log_refusal(service, &error.to_string());
             return ExitCode::FAILURE;
         }
     };
@@ -43,6 +43,31 @@ where
             tracing::error!(service, error = format!("{error:#}"), "cannot run");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A binary's settings from its command line and environment; on a bad one, the exit code after
+/// one log line that names it (a pod in CrashLoopBackOff shows why, not clap's usage text), or
+/// after `--help` / `--version`.
+pub fn settings<C: clap::Parser>(service: &str) -> Result<C, ExitCode> {
+    crate::config::parse::<C>().map_err(|refused| match refused {
+        Refused::Printed => ExitCode::SUCCESS,
+        Refused::Bad(line) => {
+            log_refusal(service, &line);
+            ExitCode::from(2)
+        }
+    })
+}
+
+/// Logs why the process cannot start, before its own subscriber exists: one error line, a
+/// JSON object when `LOG_FORMAT=json` (as the real subscriber would write it), text otherwise.
+fn log_refusal(service: &str, error: &str) {
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.trim().eq_ignore_ascii_case("json"));
+    let log = || tracing::error!(service, error, "cannot start");
+    if json {
+        tracing::subscriber::with_default(tracing_subscriber::fmt().json().flatten_event(true).finish(), log);
+    } else {
+        tracing::subscriber::with_default(tracing_subscriber::fmt().finish(), log);
     }
 }
 
@@ -69,10 +94,13 @@ pub struct Background {
     /// The consumers and listeners already started; waited for at the end.
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    /// How long the server goes on serving, unready, after `shutdown` ([`crate::config::ShutdownArgs`]).
+    pub shutdown_delay: Duration,
 }
 
-/// Serves a service's gRPC `router` (from [`crate::grpc::server`]) until shutdown, with its
-/// relay running; then drains the background tasks.
+/// Serves a service's gRPC `router` (from [`crate::grpc::server`]) until shutdown (and its
+/// delay), with its relay running until the server has stopped, so that the events of the last
+/// calls go out too; then drains the background tasks.
 ///
 /// # Errors
 /// The gRPC server failed.
@@ -87,10 +115,21 @@ pub async fn serve_grpc(
         relay,
         tracker,
         shutdown,
+        shutdown_delay,
     } = background;
-    tracker.spawn(relay.run(shutdown.clone()));
+    let relay_stop = CancellationToken::new();
+    tracker.spawn(relay.run(relay_stop.clone()));
     tracing::info!(service = name, addr = %listener.local_addr()?, "serving gRPC");
-    let served = crate::grpc::serve(router, listener, reporter, &[grpc_service], shutdown.clone()).await;
+    let served = crate::grpc::serve(
+        router,
+        listener,
+        reporter,
+        &[grpc_service],
+        shutdown.clone(),
+        shutdown_delay,
+    )
+    .await;
+    relay_stop.cancel();
     shutdown.cancel();
     drain(name, &tracker).await;
     Ok(served?)

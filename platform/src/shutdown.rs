@@ -28,3 +28,16 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     tracing::info!("stop signal received; draining");
     token.cancel();
 }
+
+/// Once a server reports itself not ready, it goes on serving for `delay` before it stops
+/// accepting: a load balancer that polls readiness (or removes the endpoint meanwhile) stops
+/// sending it requests first, so none meets a closed port.
+pub async fn lame_duck(delay: std::time::Duration) {
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_ms = delay.as_millis(),
+            "not ready; serving on for the shutdown delay"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}

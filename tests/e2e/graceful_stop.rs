@@ -1,8 +1,9 @@
-//! SIGTERM while borrows are flowing: readiness goes first, in-flight requests finish with a
-//! complete answer, the process exits 0, and every borrow it confirmed is there after a restart.
+//! SIGTERM while borrows are flowing: readiness goes first (and requests are still served for
+//! the shutdown delay), in-flight requests finish with a complete answer, the process exits 0,
+//! and every borrow it confirmed is there after a restart.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -46,9 +47,24 @@ async fn borrow(http: &reqwest::Client, url: &str, token: &str, book: &str) -> O
     }
 }
 
+/// When `/readyz` first answered 503 (not ready, yet still answering), polled until the
+/// process stops answering.
+async fn first_unready(url: String) -> Option<Instant> {
+    let http = reqwest::Client::new();
+    loop {
+        match http.get(&url).send().await {
+            Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                return Some(Instant::now());
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => return None,
+        }
+    }
+}
+
 #[tokio::test]
-async fn sigterm_under_load_finishes_in_flight_requests_and_exits_zero() {
-    let system = System::all_in_one().await;
+async fn sigterm_under_load_goes_unready_first_finishes_in_flight_requests_and_exits_zero() {
+    let system = System::all_in_one_with(&[("LIBRARY_SHUTDOWN_DELAY", "1")]).await;
     let admin = system.admin();
     let book = id_of(&admin.create_book(&unique("Drain"), 10_000).await);
     let url = format!("{}/graphql", system.http_url);
@@ -57,16 +73,17 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_exits_zero() {
     let mut workers = Vec::new();
     for worker in 0..8 {
         let (url, book, stop) = (url.clone(), book.clone(), stop.clone());
-        let tokens: Vec<String> = (0..200)
+        let tokens: Vec<String> = (0..400)
             .map(|i| system.token(&unique(&format!("drain-{worker}-{i}")), &[], 600))
             .collect();
         workers.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut seen = Vec::new();
             for token in &tokens {
+                let sent = Instant::now();
                 let outcome = borrow(&http, &url, token, &book).await;
                 let served = !matches!(outcome, Outcome::NotServed);
-                seen.push((token.clone(), outcome));
+                seen.push((token.clone(), sent, outcome));
                 if !served && stop.load(Ordering::SeqCst) {
                     break;
                 }
@@ -77,14 +94,23 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_exits_zero() {
     // Let the load run, then stop the process as Kubernetes would.
     tokio::time::sleep(Duration::from_millis(400)).await;
     stop.store(true, Ordering::SeqCst);
+    let unready = tokio::spawn(first_unready(format!("{}/readyz", system.http_url)));
     let status = system.terminate("library", Duration::from_secs(25)).await;
     assert!(status.success(), "exit status {status}");
+    let unready = unready
+        .await
+        .expect("readiness poller")
+        .expect("/readyz answered 503 before the process stopped answering");
 
     let mut borrowed = Vec::new();
+    let mut served_while_unready = 0;
     for worker in workers {
-        for (token, outcome) in worker.await.expect("worker") {
+        for (token, sent, outcome) in worker.await.expect("worker") {
             match outcome {
-                Outcome::Borrowed(loan) => borrowed.push((token, loan)),
+                Outcome::Borrowed(loan) => {
+                    served_while_unready += usize::from(sent > unready);
+                    borrowed.push((token, loan));
+                }
                 Outcome::Refused(code) => panic!("a borrow was refused with {code} during the drain"),
                 Outcome::Broken(what) => panic!("a request got a broken answer: {what}"),
                 Outcome::NotServed => {}
@@ -92,6 +118,10 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_exits_zero() {
         }
     }
     assert!(!borrowed.is_empty(), "some borrows were served before the stop");
+    assert!(
+        served_while_unready > 0,
+        "borrows sent after /readyz went 503 are still served for the shutdown delay"
+    );
 
     // Every confirmed borrow survived, and the saga finishes after the restart.
     system.start_service("library").await;
