@@ -7,27 +7,35 @@ placeholders, decoded. Only these local rewrites are made:
 
 - host names of in-cluster Services (book-svc, postgres, rabbitmq, ..., and any *.svc or
   *.svc.cluster.local name, such as the trace collector's) become 127.0.0.1;
-- DATABASE_URL becomes a fresh local database, postgres://postgres@127.0.0.1:5432/<unique>,
-  dropped afterwards; AMQP_URL becomes a RabbitMQ vhost of this run;
+- DATABASE_URL becomes a fresh database on the server of TEST_POSTGRES_URL (default
+  postgres://postgres@127.0.0.1:5432), dropped afterwards; AMQP_URL becomes TEST_AMQP_URL's
+  broker (default amqp://guest:guest@127.0.0.1:5672/%2f), in a vhost of this run when
+  rabbitmqctl can make one, else in TEST_AMQP_URL's own vhost;
 - every volumeMount's path (and so LIBRARY_AUDIT_DIR) becomes a temporary directory.
 
 As the kubelet would, the process runs as the pod's runAsUser/runAsGroup (when this runs as
 root), with HOSTNAME set to a pod name, in a working directory it cannot write (the read-only
 root filesystem). Then its startup, readiness and liveness probes are run as the kubelet runs
-them (grpc.health.v1.Health/Check, or HTTP GET), the Services' targetPorts are checked against
-the ports the process really listens on, and on SIGTERM it must exit 0 within the grace period
-left after the preStop sleep. A renamed variable or port fails: every variable the manifest sets
-must be one the binary's --help lists, and each server must listen where its listen-address
-variable says. A missing required variable must stop the binary with a non-zero exit and a log
-line naming it.
+them (grpc.health.v1.Health/Check, or HTTP GET), and the Services' targetPorts are checked
+against the ports the process really listens on. A renamed variable or port fails: every
+variable the manifest sets must be one the binary's --help lists, and each server must listen
+where its listen-address variable says.
 
-Needs: LIBRARY_BIN_DIR, PostgreSQL on 127.0.0.1:5432 (trust authentication for `postgres`,
-and `psql`), RabbitMQ on 127.0.0.1:5672 (guest/guest). The servers bind their real ports
-(50051-50053, 8080), which must be free.
+Bad input: a missing required variable, or a malformed value, must stop the binary at once with a
+non-zero exit and one error line naming the variable (a JSON line, as Loki reads them), not a
+panic or clap's usage text. SIGTERM under load: readiness must fail first (while the server is
+still up), the requests keep being answered for the shutdown delay, none that started before
+readiness failed is lost, and the process exits 0 within the grace period left after the preStop
+sleep.
+
+Needs: LIBRARY_BIN_DIR, PostgreSQL (TEST_POSTGRES_URL; trust authentication for `postgres`, and
+`psql`), RabbitMQ (TEST_AMQP_URL; rabbitmqctl, as root or through sudo, for a vhost of the run).
+The servers bind their real ports (50051-50053, 8080), which must be free.
 """
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import os
@@ -37,13 +45,14 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import grpc
 import pytest
@@ -60,8 +69,11 @@ from k8s_model import (
     render,
 )
 
-POSTGRES = ("127.0.0.1", 5432)
-RABBITMQ = ("127.0.0.1", 5672)
+# The backing services, as ci/test.sh passes them (and with its defaults).
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL") or "postgres://postgres@127.0.0.1:5432"
+AMQP_URL = os.environ.get("TEST_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/%2f"
+POSTGRES = (urlsplit(POSTGRES_URL).hostname or "127.0.0.1", urlsplit(POSTGRES_URL).port or 5432)
+RABBITMQ = (urlsplit(AMQP_URL).hostname or "127.0.0.1", urlsplit(AMQP_URL).port or 5672)
 # What the image gives every process (distroless: PATH only); the kubelet adds HOSTNAME.
 IMAGE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 # Which variable sets each server's listen address (CONTRACT.md).
@@ -78,8 +90,42 @@ REQUIRED = [
     ("dashboard-svc", "AMQP_URL"),
     ("graphql-gateway", "LIBRARY_JWT_SECRET"),
 ]
-# How long a server that lacks a required variable may take to give up.
+# A malformed value for one setting of each server (CONTRACT.md and --help).
+MALFORMED = [
+    ("book-svc", "BOOK_GRPC_ADDR", "nope"),
+    ("borrow-svc", "LIBRARY_LOAN_DAYS", "x"),
+    ("borrow-svc", "BORROW_GRPC_ADDR", "nope"),
+    ("dashboard-svc", "DASHBOARD_GRPC_ADDR", "nope"),
+    ("dashboard-svc", "LIBRARY_SHUTDOWN_DELAY", "soon"),
+    ("graphql-gateway", "GATEWAY_HTTP_ADDR", "nope"),
+    ("graphql-gateway", "LOG_FORMAT", "xml"),
+]
+# How long a server that lacks a required variable, or has a malformed one, may take to give up.
 REFUSAL_SECONDS = 30
+
+# SIGTERM under load. Each gRPC server gets a cheap real call (proto/library/*/v1/*.proto) as raw
+# protobuf, b"" being the empty request; the gateway a GraphQL query that reaches book-svc.
+LOAD_CALLS = {
+    "book-svc": "/library.book.v1.BookService/ListBooks",
+    "borrow-svc": "/library.borrow.v1.BorrowService/ListLoans",
+    "dashboard-svc": "/library.dashboard.v1.DashboardService/GetDashboard",
+}
+GATEWAY_QUERY = "{ books(first: 5) { totalCount } }"
+LOAD_THREADS = 4
+CALL_TIMEOUT = 5.0
+# How often the readiness probe runs while the server stops (the kubelet's period is longer;
+# this is to see when it turns).
+PROBE_INTERVAL = 0.1
+# How grpcio reports a call no server answered: a broken or refused connection (UNAVAILABLE, or
+# UNKNOWN / INTERNAL for a stream cut mid-way), or no reply in time. A refusal such as
+# INVALID_ARGUMENT or NOT_FOUND is an answer.
+NO_ANSWER = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+}
 
 
 # --- environment of the test ------------------------------------------------------------------
@@ -151,20 +197,64 @@ def backing_services():
 
 
 @pytest.fixture(scope="session")
-def amqp_url(backing_services):
-    """A RabbitMQ vhost of this run only: the servers declare the contract's durable queues,
-    which must neither outlive the run nor meet another system's messages."""
+def amqp_url(backing_services, pytestconfig):
+    """The broker the servers get: a RabbitMQ vhost of this run only when rabbitmqctl can make
+    one (the servers declare the contract's durable queues, which must neither outlive the run
+    nor meet another system's messages), else TEST_AMQP_URL as it is (a broker in a service
+    container, as in the pipelines, without a usable rabbitmqctl). The name starts like
+    ci/test.sh's vhosts, so its next run removes one a killed run left."""
+    url = urlsplit(AMQP_URL)
+    vhost = f"library_test_k8s_{uuid.uuid4().hex[:10]}"
+    created, why_not = _add_vhost(vhost, unquote(url.username or "guest"))
+    if not created:
+        _report(pytestconfig, f"RabbitMQ: {why_not}; the servers use TEST_AMQP_URL's vhost "
+                              f"{unquote(url.path[1:]) or '/'!r} as it is")
+        yield AMQP_URL
+        return
+    _report(pytestconfig, f"RabbitMQ: the servers use the vhost {vhost} of this run (rabbitmqctl)")
+    try:
+        yield urlunsplit(url._replace(path="/" + quote(vhost, safe="")))
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+def _add_vhost(vhost: str, user: str) -> tuple[bool, str]:
+    """Creates `vhost` with every permission for `user`; (False, why) when that cannot be done."""
+    if RABBITMQ[0] not in ("127.0.0.1", "localhost", "::1"):
+        return False, f"the broker is not local ({RABBITMQ[0]}), so rabbitmqctl cannot manage it"
+    added = _rabbitmqctl("add_vhost", vhost)
+    if added is None:
+        return False, "no rabbitmqctl"
+    if added.returncode != 0:
+        return False, f"`rabbitmqctl add_vhost` failed: {(added.stderr or added.stdout).strip()[:200]}"
+    granted = _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    if granted is None or granted.returncode != 0:
+        _rabbitmqctl("delete_vhost", vhost)
+        return False, f"`rabbitmqctl set_permissions` failed for {user}"
+    return True, ""
+
+
+def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess | None:
+    """`rabbitmqctl -q ARGS` as ci/test.sh's `as_root` runs it: directly as root, else through
+    sudo when there is one (never asking for a password). None without rabbitmqctl."""
     if shutil.which("rabbitmqctl") is None:
-        pytest.fail("rabbitmqctl not found: the test needs it to create a private vhost")
-    vhost = f"k8s-check-{uuid.uuid4().hex[:10]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)
+        return None
+    sudo = ["sudo", "-n"] if os.geteuid() != 0 and shutil.which("sudo") else []
+    try:
+        return subprocess.run([*sudo, "rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(args, 1, "", "rabbitmqctl timed out")
+
+
+def _report(config, message: str):
+    """A line in pytest's own output, past its capture of the tests' output."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(message)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(message)
 
 
 @pytest.fixture(scope="session")
@@ -177,21 +267,34 @@ def databases(backing_services, amqp_url):
         name = f"k8s_{service.replace('-', '_')}_{uuid.uuid4().hex[:10]}"
         _psql(f'CREATE DATABASE "{name}"')
         created.append(name)
-        return f"postgres://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{name}"
+        return _database_url(name)
 
     create.amqp_url = amqp_url
     yield create
-    for name in created:
-        _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', check=False)
+    # Each DROP waits for a checkpoint (about a second); sent at once, they share one.
+    drops = [_psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', wait=False) for name in created]
+    for drop in drops:
+        drop.wait(timeout=60)
 
 
-def _psql(sql: str, check: bool = True):
-    subprocess.run(
-        ["psql", "-h", POSTGRES[0], "-p", str(POSTGRES[1]), "-U", "postgres", "-d", "postgres",
-         "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
-        check=check, capture_output=True, text=True,
+def _database_url(database: str) -> str:
+    """`database` on the server of TEST_POSTGRES_URL."""
+    return urlunsplit(urlsplit(POSTGRES_URL)._replace(path="/" + database))
+
+
+def _psql(sql: str, wait: bool = True) -> subprocess.Popen:
+    """Runs `sql` in the server's `postgres` database; fails the test if it fails (`wait`), else
+    returns the running psql."""
+    psql = subprocess.Popen(
+        ["psql", "-d", _database_url("postgres"), "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if wait else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PGCONNECT_TIMEOUT": "5"},
     )
+    if wait:
+        output, _ = psql.communicate(timeout=60)
+        assert psql.returncode == 0, f"psql -c {sql!r}: {output}"
+    return psql
 
 
 # --- one server as a local "pod" --------------------------------------------------------------
@@ -345,16 +448,18 @@ def _localize(value: str, manifests) -> str:
 
 
 def run_probe(container: dict, probe: dict) -> tuple[bool, str]:
+    answered, ok, detail = probe_once(container, probe)
+    return answered and ok, detail
+
+
+def probe_once(container: dict, probe: dict) -> tuple[bool, bool, str]:
+    """One probe, on a new connection as the kubelet makes it: (answered, succeeded, detail).
+    Not answered: nothing listens, or the connection broke or timed out."""
     timeout = probe.get("timeoutSeconds", 1)
     try:
         if "grpc" in probe:
-            port = probe["grpc"]["port"]
-            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", "")), timeout=timeout
-                )
-            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-            return serving, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            status = health_status(probe["grpc"]["port"], probe["grpc"].get("service", ""), timeout)
+            return True, status == "SERVING", status
         if "httpGet" in probe:
             get = probe["httpGet"]
             port = container_port(container, get["port"])
@@ -364,15 +469,33 @@ def run_probe(container: dict, probe: dict) -> tuple[bool, str]:
             opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
             try:
                 with opener.open(request, timeout=timeout) as response:
-                    return 200 <= response.status < 400, f"HTTP {response.status}"
+                    return True, 200 <= response.status < 400, f"HTTP {response.status}"
             except urllib.error.HTTPError as e:
-                return 200 <= e.code < 400, f"HTTP {e.code}"
+                return True, 200 <= e.code < 400, f"HTTP {e.code}"
         if "tcpSocket" in probe:
             port = container_port(container, probe["tcpSocket"]["port"])
-            return _can_connect(("127.0.0.1", port), timeout), "tcp"
-        return False, f"unsupported probe {sorted(probe)}"
-    except (grpc.RpcError, OSError) as e:
-        return False, f"{type(e).__name__}: {getattr(e, 'details', lambda: e)()}"
+            connected = _can_connect(("127.0.0.1", port), timeout)
+            return connected, connected, "tcp"
+        return False, False, f"unsupported probe {sorted(probe)}"
+    except grpc.RpcError as e:
+        return e.code() not in NO_ANSWER, False, f"{e.code().name}: {e.details()}"
+    except OSError as e:
+        return False, False, f"{type(e).__name__}: {e}"
+
+
+def grpc_channel(port: int) -> grpc.Channel:
+    """A channel with a connection of its own (grpcio shares them between channels by default)."""
+    return grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0), ("grpc.use_local_subchannel_pool", 1)]
+    )
+
+
+def health_status(port: int, service: str, timeout: float) -> str:
+    """grpc.health.v1.Health/Check of `service` ("" for the whole server): SERVING, NOT_SERVING, ..."""
+    with grpc_channel(port) as channel:
+        request = health_pb2.HealthCheckRequest(service=service)
+        reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 def await_probe(pod: Pod, kind: str, budget: float | None = None) -> str:
@@ -483,22 +606,82 @@ def test_help_lists_every_variable_the_manifest_sets(manifests, binaries):
 def test_a_missing_required_variable_stops_the_server_with_a_line_naming_it(
     manifests, binaries, databases, pod_dir, server, variable
 ):
-    pod = make_pod(manifests, binaries, databases, server, pod_dir, drop=[variable])
-    assert variable not in pod.env
     # Any port will do: it must not get as far as serving.
-    listen = LISTEN_VARIABLES[server]
-    pod.env[listen] = f"127.0.0.1:{_free_port()}"
+    listen = {LISTEN_VARIABLES[server]: f"127.0.0.1:{_free_port()}"}
+    pod = make_pod(manifests, binaries, databases, server, pod_dir, drop=[variable], override=listen)
+    assert variable not in pod.env
+    lines = refusal(pod, f"{server} without {variable}")
+    # Lines before it (such as the start's) are fine; one says what is wrong.
+    errors = [line for line in lines if log_level(line) == "ERROR"]
+    assert len(errors) == 1, f"{server} without {variable}: {len(errors)} error lines, not one:\n{pod.tail()}"
+    assert variable in errors[0], f"{server} without {variable}: the error does not name it:\n{errors[0]}"
+    if pod.env.get("LOG_FORMAT", "").lower() == "json":
+        for line in lines:
+            assert json_object(line), f"{server} without {variable}: not a JSON log line: {line[:200]}"
+
+
+@pytest.mark.parametrize("server,variable,value", MALFORMED, ids=[f"{s}-{v}={x}" for s, v, x in MALFORMED])
+def test_a_malformed_setting_stops_the_server_with_one_line_naming_it(
+    manifests, binaries, databases, pod_dir, server, variable, value
+):
+    listen = {LISTEN_VARIABLES[server]: f"127.0.0.1:{_free_port()}"}
+    pod = make_pod(manifests, binaries, databases, server, pod_dir, override={**listen, variable: value})
+    what = f"{server} with {variable}={value}"
+    lines = refusal(pod, what)
+    assert len(lines) == 1, f"{what}: {len(lines)} lines of output, not one:\n{pod.tail()}"
+    [line] = lines
+    assert log_level(line) == "ERROR", f"{what}: not an error line: {line}"
+    assert variable in line, f"{what}: the line does not name {variable}: {line}"
+    # With the manifest's LOG_FORMAT=json, the refusal is a JSON line like every other, for Loki.
+    if variable != "LOG_FORMAT" and pod.env.get("LOG_FORMAT", "").lower() == "json":
+        record = json_object(line)
+        assert record and record.get("level") == "ERROR", f"{what}: not a JSON error line: {line}"
+
+
+def refusal(pod: Pod, what: str) -> list[str]:
+    """Starts `pod`, which must refuse to run: it exits non-zero within REFUSAL_SECONDS, without
+    a panic or clap's usage text. Its output lines (stdout and stderr; blank ones left out)."""
     start(pod)
     try:
         code = pod.process.wait(timeout=REFUSAL_SECONDS)
     except subprocess.TimeoutExpired:
         stop(pod)
-        pytest.fail(f"{server} without {variable} still runs after {REFUSAL_SECONDS}s:\n{pod.tail()}")
+        pytest.fail(f"{what} still runs after {REFUSAL_SECONDS}s:\n{pod.tail()}")
     output = pod.output()
-    assert code != 0, f"{server} without {variable} exited 0:\n{pod.tail()}"
-    naming = [line for line in output.splitlines() if variable in line]
-    assert naming, f"{server} without {variable}: no log line names {variable}:\n{pod.tail()}"
-    assert "panicked" not in output, f"{server} panicked instead of reporting:\n{pod.tail()}"
+    assert code != 0, f"{what} exited 0:\n{pod.tail()}"
+    assert "panicked" not in output, f"{what} panicked instead of reporting:\n{pod.tail()}"
+    lines = [line for line in output.splitlines() if line.strip()]
+    usage = [line for line in lines if re.search(r"Usage:|For more information", _plain(line))]
+    assert not usage, f"{what}: clap's usage text instead of one line:\n{pod.tail()}"
+    return lines
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain(line: str) -> str:
+    return _ANSI.sub("", line).strip()
+
+
+def json_object(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def log_level(line: str) -> str | None:
+    """The level of a log line: a JSON line's `level`, or the level after the timestamp of
+    tracing's text format (colours or not); `error: ...` counts as ERROR."""
+    record = json_object(line)
+    if record is not None:
+        return str(record.get("level", "")).upper() or None
+    plain = _plain(line)
+    found = re.match(r"(?:\S+\s+)?(TRACE|DEBUG|INFO|WARN|ERROR)\b", plain)
+    if found:
+        return found.group(1)
+    return "ERROR" if re.match(r"error\b", plain, re.IGNORECASE) else None
 
 
 @pytest.mark.parametrize("name", SERVERS)
@@ -593,20 +776,164 @@ def _ports_or_empty(pod: Pod) -> set[int]:
         return set()
 
 
+# --- SIGTERM under load ------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    started: float  # time.monotonic()
+    answered: bool
+    detail: str
+
+
+def grpc_caller(port: int, method: str):
+    """A client with its own connection that sends `method` an empty request: (send, close)."""
+    channel = grpc_channel(port)
+    method_call = channel.unary_unary(method)  # raw bytes in and out
+
+    def send() -> tuple[bool, str]:
+        try:
+            method_call(b"", timeout=CALL_TIMEOUT)
+            return True, "OK"
+        except grpc.RpcError as e:
+            return e.code() not in NO_ANSWER, f"{e.code().name}: {e.details()}"
+
+    return send, channel.close
+
+
+def graphql_caller(port: int):
+    """A client with its own keep-alive connection that POSTs GATEWAY_QUERY: (send, close).
+    Answered: HTTP 200 with the query's data."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT)
+    body = json.dumps({"query": GATEWAY_QUERY})
+
+    def send() -> tuple[bool, str]:
+        try:
+            connection.request("POST", "/graphql", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            reply = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            connection.close()  # the next request opens a new connection
+            return False, f"{type(e).__name__}: {e}"
+        try:
+            answered = isinstance(json.loads(reply)["data"]["books"]["totalCount"], int)
+        except (ValueError, KeyError, TypeError):
+            answered = False
+        return response.status == 200 and answered, f"HTTP {response.status} {reply[:200]!r}"
+
+    return send, connection.close
+
+
+def send_continuously(caller, calls: list[Call], enough: threading.Event):
+    send, close = caller
+    try:
+        while not enough.is_set():
+            started = time.monotonic()
+            answered, detail = send()
+            calls.append(Call(started, answered, detail))
+            # Back to back; a moment's pause after a failure, which comes at once.
+            time.sleep(0.005 if answered else 0.05)
+    finally:
+        close()
+
+
 @pytest.mark.parametrize("name", list(reversed(SERVERS)))
 def test_sigterm_drains_and_exits_zero_within_the_grace_period(system, name):
+    """SIGTERM while clients send requests, as in a rollout: readiness fails at once (an answer,
+    not a refused connection), the server goes on answering for LIBRARY_SHUTDOWN_DELAY, no
+    request that started before readiness failed is lost, and it exits 0 in time."""
     pod = system[name]
     assert pod.process.poll() is None, f"{name} already exited ({pod.process.returncode}):\n{pod.tail()}"
     grace = pod_spec(pod.deployment).get("terminationGracePeriodSeconds", 30)
     # The kubelet runs the preStop sleep first; SIGTERM gets what is left of the grace period.
     budget = grace - prestop_sleep_seconds(pod.container)
-    started = time.monotonic()
-    pod.process.send_signal(signal.SIGTERM)
-    try:
-        code = pod.process.wait(timeout=budget)
-    except subprocess.TimeoutExpired:
-        stop(pod)
-        pytest.fail(f"{name} still running {budget}s after SIGTERM (the kubelet would SIGKILL):\n{pod.tail()}")
-    assert code == 0, f"{name} exited {code} after SIGTERM:\n{pod.tail()}"
-    print(f"{name}: exited 0, {time.monotonic() - started:.1f}s after SIGTERM")
+    delay = float(pod.env.get("LIBRARY_SHUTDOWN_DELAY", "0"))
+    assert delay >= 1, f"{name}: the manifest sets LIBRARY_SHUTDOWN_DELAY={delay:g}; this test needs 1s or more"
+    serving_for = delay / 2  # after SIGTERM, at least
+    readiness = probes(pod.container)["readinessProbe"]
+    port = pod.container["ports"][0]["containerPort"]
+    await_probe(pod, "readinessProbe", budget=30)
 
+    def caller():
+        return grpc_caller(port, LOAD_CALLS[name]) if name in LOAD_CALLS else graphql_caller(port)
+
+    calls: list[Call] = []
+    enough = threading.Event()
+    senders = [
+        threading.Thread(target=send_continuously, args=(caller(), calls, enough), daemon=True)
+        for _ in range(LOAD_THREADS)
+    ]
+    for sender in senders:
+        sender.start()
+    probe_log: list[tuple[float, bool, bool, str]] = []  # (seconds after SIGTERM, answered, ok, detail)
+    not_ready_at = named_status = None
+    try:
+        deadline = time.monotonic() + 30
+        while sum(c.answered for c in calls) < 5 * LOAD_THREADS:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name}: the load is not answered: {_failures(calls)}\n{pod.tail()}")
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        pod.process.send_signal(signal.SIGTERM)
+        # The readiness probe, as the kubelet runs it, but every PROBE_INTERVAL.
+        while pod.process.poll() is None and time.monotonic() < signalled + budget:
+            asked = time.monotonic()
+            answered, ok, detail = probe_once(pod.container, readiness)
+            probe_log.append((asked - signalled, answered, ok, detail))
+            if answered and not ok and not_ready_at is None:
+                not_ready_at = time.monotonic()
+                if "grpc" in readiness:  # every service name, not only the probe's ""
+                    service = LOAD_CALLS[name].split("/")[1]
+                    named_status = (service, _health_or_error(readiness["grpc"]["port"], service))
+            time.sleep(max(0.0, asked + PROBE_INTERVAL - time.monotonic()))
+        try:
+            code = pod.process.wait(timeout=max(0.0, signalled + budget - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            stop(pod)
+            pytest.fail(f"{name} still running {budget}s after SIGTERM (the kubelet would SIGKILL):\n{pod.tail()}")
+        exited = time.monotonic() - signalled
+    finally:
+        enough.set()
+        for sender in senders:
+            sender.join(timeout=CALL_TIMEOUT + 5)
+
+    probes_seen = "\n".join(f"  +{at:.2f}s {detail}" for at, _, _, detail in probe_log) or "  (none)"
+    assert code == 0, f"{name} exited {code} after SIGTERM:\n{pod.tail()}"
+    before = [c for c in calls if c.started < signalled]
+    assert all(c.answered for c in before), f"{name}: failed before SIGTERM: {_failures(before)}"
+    assert not_ready_at is not None, (
+        f"{name}: readiness never answered not-ready before the process exited {exited:.1f}s after "
+        f"SIGTERM (the kubelet would have kept sending it traffic):\n{probes_seen}"
+    )
+    first = next(detail for _, answered, ok, detail in probe_log if answered and not ok)
+    assert first in ("NOT_SERVING", "HTTP 503"), f"{name}: readiness failed with {first}, not NOT_SERVING / 503"
+    assert not_ready_at - signalled < serving_for, (
+        f"{name}: readiness failed only {not_ready_at - signalled:.2f}s after SIGTERM:\n{probes_seen}"
+    )
+    lost = [c for c in calls if c.started < not_ready_at and not c.answered]
+    assert not lost, f"{name}: requests started before readiness failed were lost: {_failures(lost)}"
+    # The shutdown delay: callers that have not yet seen the endpoints change are still served.
+    early = [c for c in calls if c.started < signalled + serving_for and not c.answered]
+    assert not early, f"{name}: stopped answering within {serving_for:g}s of SIGTERM: {_failures(early, signalled)}"
+    late = [c for c in calls if c.started >= signalled + serving_for and c.answered]
+    assert late, f"{name}: no request started {serving_for:g}s after SIGTERM or later was answered"
+    if named_status:
+        assert named_status[1] == "NOT_SERVING", f"{name}: health of {named_status[0]} is {named_status[1]}"
+    print(
+        f"{name}: {len(calls)} requests, {sum(c.answered for c in calls)} answered; not ready "
+        f"{not_ready_at - signalled:.2f}s after SIGTERM, last answer started "
+        f"{max(c.started for c in calls if c.answered) - signalled:.2f}s after, exited 0 after {exited:.2f}s"
+    )
+
+
+def _health_or_error(port: int, service: str) -> str:
+    try:
+        return health_status(port, service, timeout=1)
+    except grpc.RpcError as e:
+        return f"{e.code().name}: {e.details()}"
+
+
+def _failures(calls: list[Call], since: float | None = None, most: int = 5) -> str:
+    failed = [c for c in calls if not c.answered]
+    shown = [c.detail if since is None else f"+{c.started - since:.2f}s {c.detail}" for c in failed[:most]]
+    return f"{len(failed)} of {len(calls)} failed, e.g. {shown}"

@@ -12,23 +12,44 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from k8s_model import DEV, OBSERVABILITY, PROD, SERVERS, container_port, pod_spec, render
+from k8s_model import DEV, OBSERVABILITY, PROD, ROOT, SERVERS, container_port, pod_spec, render
 
 DASHBOARD = OBSERVABILITY / "dashboards" / "library-circulation.json"
+# Where the gateway process records its metrics (the gateway's own code and the platform's).
+METRIC_SOURCES = [ROOT / "graphql-gateway" / "src", ROOT / "platform" / "src"]
 
-# What the gateway exports (CONTRACT/issue 6), with the labels each metric carries.
+# What the gateway exports, exactly as its code records it: name -> (kind, labels).
+# graphql-gateway/src/http.rs: one counter and one histogram per GraphQL request;
+# downstream.rs: per gRPC call to a downstream service; schema/mod.rs: the business counters.
+# test_the_metric_table_is_what_the_gateway_records holds this table to the code.
 GATEWAY_METRICS = {
-    "graphql_requests_total": {"operation", "status"},
-    "graphql_request_duration_seconds": {"operation", "status"},
-    "grpc_client_requests_total": {"service", "method", "code"},
-    "library_borrows_total": set(),
-    "library_returns_total": set(),
-    "library_late_fees_won_total": set(),
+    "graphql_requests_total": ("counter", {"operation", "status"}),
+    "graphql_request_duration_seconds": ("histogram", {"operation"}),
+    "grpc_client_requests_total": ("counter", {"service", "method", "code"}),
+    "grpc_client_request_duration_seconds": ("histogram", {"service", "method"}),
+    "library_borrows_total": ("counter", set()),
+    "library_returns_total": ("counter", set()),
+    "library_late_fees_won_total": ("counter", set()),
 }
-# Labels Prometheus' kubernetes-pods job adds to every scraped series.
-SCRAPE_LABELS = {"namespace", "pod", "app", "instance", "job", "le"}
+# The values the code gives the labels a query may match on.
+GATEWAY_LABEL_VALUES = {
+    # http.rs: "ok" without GraphQL errors, else "error".
+    "status": {"ok", "error"},
+    # lib.rs: the names the Downstreams are created with (checked below).
+    "service": {"book", "borrow", "dashboard"},
+    # downstream.rs: "Shed" when the concurrency budget is spent, else tonic's Code in Debug form.
+    "code": {
+        "Shed", "Ok", "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
+        "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
+        "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+    },
+}
 # Series from kube-state-metrics (installed by prometheus-values.yaml).
-OTHER_METRICS = {"kube_deployment_status_replicas_ready": {"deployment", "namespace"}}
+OTHER_METRICS = {"kube_deployment_status_replicas_ready": ("gauge", {"deployment", "namespace"})}
+# Labels Prometheus' kubernetes-pods job adds to every scraped series.
+SCRAPE_LABELS = {"namespace", "pod", "app", "instance", "job"}
+# The series a Prometheus histogram is exported as (the _bucket ones with the label `le`).
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 # Labels Promtail gives every log stream (promtail-values.yaml) that queries may use.
 LOKI_LABELS = {"namespace", "service", "level", "target", "pod", "container", "app"}
 
@@ -50,40 +71,124 @@ def queries(dashboard, datasource_type):
                 yield panel["title"], target["expr"]
 
 
+# --- what the code records --------------------------------------------------------------------
+
+
+def recorded_metrics() -> dict[str, tuple[str, set[str]]]:
+    """Every `metrics::counter!/histogram!/gauge!("name", "label" => value, ...)` call in the
+    gateway's sources: name -> (kind, label names)."""
+    found: dict[str, tuple[str, set[str]]] = {}
+    for directory in METRIC_SOURCES:
+        for path in sorted(directory.rglob("*.rs")):
+            source = path.read_text()
+            for m in re.finditer(r"\b(counter|histogram|gauge)!\s*\(", source):
+                arguments = _balanced(source, m.end() - 1)
+                name = re.match(r'\s*"([^"]+)"', arguments)
+                assert name, f"{path.relative_to(ROOT)}: a {m.group(1)}! without a literal name: {arguments}"
+                labels = set(re.findall(r'"([^"]+)"\s*=>', arguments))
+                kind, known = found.setdefault(name.group(1), (m.group(1), labels))
+                where = f"{path.relative_to(ROOT)}: {name.group(1)}"
+                assert (kind, known) == (m.group(1), labels), f"{where} recorded as {kind} {known} elsewhere"
+    return found
+
+
+def _balanced(source: str, open_at: int) -> str:
+    """The text inside the parentheses that open at `open_at`."""
+    depth = 0
+    for i in range(open_at, len(source)):
+        depth += {"(": 1, ")": -1}.get(source[i], 0)
+        if depth == 0:
+            return source[open_at + 1 : i]
+    raise ValueError(f"unbalanced parentheses from offset {open_at}")
+
+
+def test_the_metric_table_is_what_the_gateway_records():
+    recorded = recorded_metrics()
+    assert recorded, f"no metric recorded under {[str(d.relative_to(ROOT)) for d in METRIC_SOURCES]}"
+    assert recorded == GATEWAY_METRICS, (
+        "GATEWAY_METRICS differs from the code:\n"
+        f"  only in the code:  {sorted(_frozen(recorded) - _frozen(GATEWAY_METRICS))}\n"
+        f"  only in the table: {sorted(_frozen(GATEWAY_METRICS) - _frozen(recorded))}"
+    )
+    gateway = (ROOT / "graphql-gateway" / "src" / "lib.rs").read_text()
+    downstreams = re.findall(r'Downstream::new\(\s*"([^"]+)"', gateway)
+    assert set(downstreams) == GATEWAY_LABEL_VALUES["service"], f"downstream services are {downstreams}"
+
+
+def _frozen(table):
+    return {(name, kind, tuple(sorted(labels))) for name, (kind, labels) in table.items()}
+
+
+# --- what the dashboard asks for --------------------------------------------------------------
+
 PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "histogram_quantile", "without", "avg", "max", "min",
     "count", "irate", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
 }
+_SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{([^}]*)\})?")
+_MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
+
+
+def selectors(expr):
+    """(series name, [(label, operator, value)]) of each series an expression selects."""
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # drop range selectors
+    expr = _GROUPING.sub("", expr)  # drop grouping labels
+    for m in _SELECTOR.finditer(expr):
+        if m.group(1) in PROMQL_WORDS or m.group(1).startswith("__"):
+            continue
+        if m.group(2) is None and expr[m.end():].lstrip().startswith("("):
+            continue  # a function
+        yield m.group(1), _MATCHER.findall(m.group(2) or "")
+
+
+def grouping_labels(expr):
+    return {label.strip() for group in _GROUPING.findall(expr) for label in group.split(",") if label.strip()}
 
 
 def metric_names(expr):
-    expr = re.sub(r'"[^"]*"', '""', expr)  # drop string literals
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # drop range selectors
-    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)  # drop grouping labels
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # drop label matchers
-    names = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", expr))
-    return {n for n in names if n not in PROMQL_WORDS and not n.startswith("__")}
+    return {name for name, _ in selectors(expr)}
+
+
+def series_labels(name):
+    """(metric, labels) of an exported series, or None: a counter or gauge is its name, a
+    histogram only its _bucket (with `le`), _sum and _count series."""
+    known = {**GATEWAY_METRICS, **OTHER_METRICS}
+    if name in known and known[name][0] != "histogram":
+        return name, known[name][1] | SCRAPE_LABELS
+    for suffix in HISTOGRAM_SERIES:
+        metric = name.removesuffix(suffix)
+        if name.endswith(suffix) and known.get(metric, ("",))[0] == "histogram":
+            return metric, known[metric][1] | SCRAPE_LABELS | ({"le"} if suffix == "_bucket" else set())
+    return None
 
 
 def base_metric(name):
-    for suffix in ("_bucket", "_sum", "_count"):
-        if name.endswith(suffix) and name[: -len(suffix)] in GATEWAY_METRICS:
-            return name[: -len(suffix)]
-    return name
+    found = series_labels(name)
+    return found[0] if found else name
 
 
 def test_dashboard_uses_only_exported_metrics_and_their_labels(dashboard):
-    known = {**GATEWAY_METRICS, **OTHER_METRICS}
     for title, expr in queries(dashboard, "prometheus"):
-        names = metric_names(expr)
-        assert names, f"{title}: no metric in {expr}"
-        for name in names:
-            metric = base_metric(name)
-            assert metric in known, f"{title}: unknown metric {name}"
-            used = set(re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr))
-            used = {label.strip() for group in used for label in group.split(",") if label.strip()}
-            used |= set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", expr))
-            assert used <= known[metric] | SCRAPE_LABELS, f"{title}: labels {used - known[metric] - SCRAPE_LABELS}"
+        found = list(selectors(expr))
+        assert found, f"{title}: no metric in {expr}"
+        labels_of_every_series = None
+        for name, matchers in found:
+            series = series_labels(name)
+            assert series, f"{title}: {name} is not a series the gateway or kube-state-metrics exports"
+            metric, labels = series
+            for label, operator, value in matchers:
+                assert label in labels, f"{title}: {metric} has no label {label!r} (it has {sorted(labels)})"
+                if label in GATEWAY_LABEL_VALUES and metric in GATEWAY_METRICS and "$" not in value:
+                    possible = GATEWAY_LABEL_VALUES[label]
+                    if operator in ("=", "!="):
+                        matching = {value} & possible
+                    else:
+                        matching = {v for v in possible if re.fullmatch(value, v)}
+                    assert matching, f'{title}: {label}{operator}"{value}" matches no value the code gives {label}'
+            labels_of_every_series = labels if labels_of_every_series is None else labels_of_every_series & labels
+        unknown = grouping_labels(expr) - labels_of_every_series
+        assert not unknown, f"{title}: groups by {sorted(unknown)}, which {sorted(metric_names(expr))} lack"
 
 
 def test_dashboard_shows_every_gateway_metric(dashboard):
@@ -95,8 +200,21 @@ def test_dashboard_shows_rate_errors_and_latency(dashboard):
     titles = " | ".join(p["title"].lower() for p in dashboard["panels"])
     for word in ("requests per second", "error", "latency", "by service", "borrows", "returns", "late fees"):
         assert word in titles, f"no panel about {word!r}"
-    exprs = " ".join(expr for _, expr in queries(dashboard, "prometheus"))
-    assert "histogram_quantile" in exprs and "graphql_request_duration_seconds_bucket" in exprs
+    exprs = [expr for _, expr in queries(dashboard, "prometheus")]
+    # Latency quantiles, of the GraphQL requests and of each downstream service's calls.
+    histograms = {"graphql_request_duration_seconds": {"le"}, "grpc_client_request_duration_seconds": {"le", "service"}}
+    for histogram, by in histograms.items():
+        for quantile, name in (("0.5", "p50"), ("0.99", "p99")):
+            assert any(
+                re.search(rf"histogram_quantile\(\s*{re.escape(quantile)}\s*,", e)
+                and f"{histogram}_bucket" in e
+                and by <= grouping_labels(e)
+                for e in exprs
+            ), f"no {name} of {histogram} by {sorted(by)}"
+    # Rate and errors per downstream service.
+    per_service = [e for e in exprs if "grpc_client_requests_total" in e and "service" in grouping_labels(e)]
+    assert any('code!="Ok"' in e for e in per_service), "no gRPC error rate by service"
+    assert any("code" not in e for e in per_service), "no gRPC request rate by service"
 
 
 def test_dashboard_log_queries_use_promtail_labels(dashboard):

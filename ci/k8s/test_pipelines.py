@@ -154,6 +154,32 @@ def test_workflow_lints_and_tests_with_postgres_and_rabbitmq():
     assert "5672:5672" in services["rabbitmq"]["ports"]
 
 
+def test_pipelines_give_the_tests_the_rabbitmqctl_of_the_broker_container():
+    """ci/test.sh, the end-to-end tests and test_binaries.py make RabbitMQ vhosts with rabbitmqctl
+    (the bus fault tests cut connections with it). The runners have none and the broker is a
+    service container, so each pipeline installs a rabbitmqctl that runs the container's own,
+    before ci/test.sh, and leaves TEST_AMQP_URL unset so that ci/test.sh makes the run's vhost."""
+    job = workflow()["jobs"]["test"]
+    github = [(s.get("run", ""), yaml.safe_dump(s.get("env") or {})) for s in job["steps"]]
+    data = yaml.safe_load(AZURE.read_text())
+    [azure_job] = [j for stage in data["stages"] if stage["stage"] == "Test" for j in stage["jobs"]]
+    azure = [(s.get("script", ""), "") for s in azure_job["steps"]]
+    for pipeline, steps, env, container in (
+        ("GitHub", github, job.get("env") or {}, "${{ job.services.rabbitmq.id }}"),
+        ("Azure", azure, azure_job.get("variables") or {}, "docker ps --quiet --filter publish=5672"),
+    ):
+        scripts = [script for script, _ in steps]
+        [wrapper] = [i for i, script in enumerate(scripts) if "/usr/local/bin/rabbitmqctl" in script]
+        script, step_env = steps[wrapper]
+        assert "docker exec" in script and "rabbitmqctl await_startup" in script, pipeline
+        assert container in script + step_env, f"{pipeline}: the wrapper does not find the container"
+        assert wrapper < scripts.index("ci/test.sh"), f"{pipeline}: rabbitmqctl comes after ci/test.sh"
+        assert "TEST_AMQP_URL" not in env, f"{pipeline}: TEST_AMQP_URL stops ci/test.sh making a vhost"
+    containers = {c["container"]: c for c in data["resources"]["containers"]}
+    assert "5672:5672" in containers[azure_job["services"]["rabbitmq"]]["ports"]
+    assert "5432:5432" in containers[azure_job["services"]["postgres"]]["ports"]
+
+
 def test_workflow_pushes_every_binary_tagged_with_the_commit_then_deploys():
     jobs = workflow()["jobs"]
     images = jobs["images"]

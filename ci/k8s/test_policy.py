@@ -130,7 +130,16 @@ def test_every_server_logs_json(manifests):
 # --- graceful drain ---------------------------------------------------------------------------
 
 
+def drain_timeout_seconds() -> int:
+    """How long a stopping server waits for its in-flight work: platform's DRAIN_TIMEOUT."""
+    source = (ROOT / "platform" / "src" / "service.rs").read_text()
+    found = re.search(r"DRAIN_TIMEOUT: Duration = Duration::from_secs\((\d+)\)", source)
+    assert found, "platform/src/service.rs: no `DRAIN_TIMEOUT: Duration = Duration::from_secs(N)`"
+    return int(found.group(1))
+
+
 def test_servers_drain_gracefully(manifests):
+    drain = drain_timeout_seconds()
     for name in SERVERS:
         spec = pod_spec(manifests.deployment(name))
         c = manifests.server_container(name)
@@ -138,7 +147,15 @@ def test_servers_drain_gracefully(manifests):
         sleep = prestop_sleep_seconds(c)
         # Native sleep action: the distroless image has no shell for `exec: sleep`.
         assert sleep >= 3, f"{name}: no preStop sleep to let the endpoints update"
-        assert grace - sleep >= 15, f"{name}: {grace}s grace leaves too little drain time after {sleep}s"
+        # After SIGTERM the server reports itself not ready but serves on for the delay, for
+        # callers that have not yet seen the endpoints change; then it drains.
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert "LIBRARY_SHUTDOWN_DELAY" in env, f"{name}: no LIBRARY_SHUTDOWN_DELAY"
+        delay = float(env["LIBRARY_SHUTDOWN_DELAY"])
+        assert delay >= 1, f"{name}: LIBRARY_SHUTDOWN_DELAY={delay:g}s, too short for callers to notice"
+        assert grace >= sleep + delay + drain, (
+            f"{name}: {grace}s grace < {sleep}s preStop + {delay:g}s shutdown delay + {drain}s drain"
+        )
 
 
 # --- probes and ports -------------------------------------------------------------------------

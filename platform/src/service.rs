@@ -67,7 +67,7 @@ fn log_refusal(service: &str, error: &str) {
     if json {
         tracing::subscriber::with_default(tracing_subscriber::fmt().json().flatten_event(true).finish(), log);
     } else {
-        tracing::subscriber::with_default(tracing_subscriber::fmt().finish(), log);
+        tracing::subscriber::with_default(tracing_subscriber::fmt().with_ansi(telemetry::colour()).finish(), log);
     }
 }
 

@@ -38,10 +38,14 @@ pub struct TelemetryGuard {
     provider: SdkTracerProvider,
 }
 
+/// How long a stopping process waits for its last spans to be exported: a collector that is
+/// down must not hold the exit past the pod's grace period.
+const TRACE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Err(error) = self.provider.shutdown() {
-            eprintln!("trace export did not shut down cleanly: {error}");
+        if let Err(error) = self.provider.shutdown_with_timeout(TRACE_FLUSH_TIMEOUT) {
+            tracing::warn!(%error, "trace export did not shut down cleanly");
         }
     }
 }
@@ -102,7 +106,7 @@ pub fn init(
             .with_current_span(true)
             .with_span_list(false)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(colour()).boxed(),
     };
     // A second init (tests start many services in one process) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
@@ -111,6 +115,12 @@ pub fn init(
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init();
     Ok(TelemetryGuard { provider })
+}
+
+/// Colours in text logs only on a terminal, not in a file or a pipe.
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
 }
 
 fn tracer_provider(service_name: &str, endpoint: Option<&str>) -> Result<SdkTracerProvider, TelemetryError> {
