@@ -78,13 +78,18 @@ async fn service_configs(config: &Config, jwt_secret: &str) -> anyhow::Result<Se
     borrow.grpc_addr = internal_addr("BORROW_GRPC_ADDR", 50052)?;
     dashboard.grpc_addr = internal_addr("DASHBOARD_GRPC_ADDR", 50053)?;
     gateway.http_addr = config.http_addr;
-    // Only the gateway is reached from outside; it alone waits out LIBRARY_SHUTDOWN_DELAY.
-    for delay in [
-        &mut book.shutdown.shutdown_delay,
-        &mut borrow.shutdown.shutdown_delay,
-        &mut dashboard.shutdown.shutdown_delay,
+    // Only the gateway is reached from outside: it alone waits out LIBRARY_SHUTDOWN_DELAY, and
+    // its /metrics shows the whole process's metrics.
+    for (delay, metrics) in [
+        (&mut book.shutdown.shutdown_delay, &mut book.metrics.metrics_addr),
+        (&mut borrow.shutdown.shutdown_delay, &mut borrow.metrics.metrics_addr),
+        (
+            &mut dashboard.shutdown.shutdown_delay,
+            &mut dashboard.metrics.metrics_addr,
+        ),
     ] {
         *delay = std::time::Duration::ZERO;
+        *metrics = None;
     }
     gateway.jwt_secret = Some(jwt_secret.to_owned());
     if let Some(url) = &config.database_url {

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use library_platform::bus::{EventBus, Outbox, Relay};
 use library_platform::config::{BusArgs, DatabaseArgs, ShutdownArgs, TelemetryArgs};
+use library_platform::metrics::MetricsArgs;
 use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::book::book_service_server::{BookServiceServer, SERVICE_NAME};
@@ -50,6 +51,8 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// A built book-svc: database migrated, port bound, consumers subscribed; not yet serving.
@@ -87,6 +90,7 @@ impl Application {
             tracker,
             shutdown,
             shutdown_delay: config.shutdown.shutdown_delay,
+            metrics: config.metrics.bind().await?,
         };
         Ok(Self {
             listener,
@@ -99,6 +103,11 @@ impl Application {
     /// The bound port (useful with port 0 in tests).
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// The port of `/metrics`, when `METRICS_ADDR` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.background.metrics_port()
     }
 
     /// The catalogue, for tests that drive it directly.

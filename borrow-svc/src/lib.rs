@@ -32,6 +32,7 @@ use std::time::Duration;
 use anyhow::Context;
 use library_platform::bus::{EventBus, Outbox, Relay};
 use library_platform::config::{BusArgs, DatabaseArgs, ShutdownArgs, TelemetryArgs};
+use library_platform::metrics::MetricsArgs;
 use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::borrow::borrow_service_server::{BorrowServiceServer, SERVICE_NAME};
@@ -101,6 +102,8 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 impl Config {
@@ -171,6 +174,7 @@ impl Application {
             tracker,
             shutdown,
             shutdown_delay: config.shutdown.shutdown_delay,
+            metrics: config.metrics.bind().await?,
         };
         Ok(Self {
             listener,

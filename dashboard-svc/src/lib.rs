@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use library_platform::bus::{EventBus, Outbox, Relay};
 use library_platform::config::{BusArgs, DatabaseArgs, ShutdownArgs, TelemetryArgs};
+use library_platform::metrics::MetricsArgs;
 use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
 use library_proto::dashboard::dashboard_service_server::{DashboardServiceServer, SERVICE_NAME};
@@ -56,6 +57,8 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// A built dashboard-svc: database migrated, port bound, consumers subscribed; not yet serving.
@@ -93,6 +96,7 @@ impl Application {
             tracker,
             shutdown,
             shutdown_delay: config.shutdown.shutdown_delay,
+            metrics: config.metrics.bind().await?,
         };
         Ok(Self {
             listener,

@@ -1,7 +1,6 @@
 //! The HTTP face: GraphQL over POST `/graphql` and WebSocket `/graphql/ws`
 //! (`graphql-transport-ws`, token in `connection_init`), GraphiQL at `/`, probes and metrics.
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -12,7 +11,6 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{Auth, JwtKeys};
@@ -149,22 +147,7 @@ async fn render_metrics() -> String {
     prometheus().render()
 }
 
-/// The process's Prometheus recorder, installed on first use (one per process, shared by every
-/// gateway a test starts).
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new();
-        let buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-        let builder = builder
-            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &buckets)
-            .unwrap_or_else(|_| PrometheusBuilder::new());
-        let recorder = builder.build_recorder();
-        let handle = recorder.handle();
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
+pub use library_platform::metrics::prometheus;
 
 #[cfg(test)]
 mod tests {

@@ -9,14 +9,21 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 use tonic_health::ServingStatus;
+use tower::layer::util::{Identity, Stack};
+
+use crate::metrics::GrpcMetricsLayer;
 use tonic_health::server::HealthReporter;
 use tower_resilience::circuitbreaker::{CircuitBreaker, CircuitBreakerLayer, DefaultClassifier};
 
 /// The metadata entry that names why a call was refused (e.g. `OUT_OF_STOCK`).
 pub const REASON_KEY: &str = "x-library-reason";
 
-/// A server with health, reflection and tracing, ready for the service's own `add_service`.
-pub fn server() -> Result<(HealthReporter, Router), tonic_reflection::server::Error> {
+/// A gRPC server's router: its calls counted and timed ([`crate::metrics::GrpcMetricsLayer`]).
+pub type GrpcRouter = Router<Stack<GrpcMetricsLayer, Identity>>;
+
+/// A server with health, reflection, tracing and call metrics, ready for the service's own
+/// `add_service`.
+pub fn server() -> Result<(HealthReporter, GrpcRouter), tonic_reflection::server::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(library_proto::FILE_DESCRIPTOR_SET)
@@ -28,6 +35,7 @@ pub fn server() -> Result<(HealthReporter, Router), tonic_reflection::server::Er
             crate::telemetry::set_parent_from_traceparent(&span, crate::telemetry::traceparent_of(request.headers()));
             span
         })
+        .layer(GrpcMetricsLayer)
         .add_service(health)
         .add_service(reflection);
     Ok((reporter, router))
@@ -41,7 +49,7 @@ pub fn server() -> Result<(HealthReporter, Router), tonic_reflection::server::Er
 /// # Errors
 /// The server failed.
 pub async fn serve(
-    router: Router,
+    router: GrpcRouter,
     listener: TcpListener,
     reporter: HealthReporter,
     services: &[&str],

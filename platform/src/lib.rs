@@ -11,6 +11,7 @@
 //! - [`bus`]: the event bus — transactional outbox, relay, idempotent consumers with a
 //!   dead-letter queue — over RabbitMQ or in-process.
 //! - [`grpc`]: serving with health and reflection, client channels, error reasons in metadata.
+//! - [`metrics`]: the Prometheus recorder, `/metrics`, and gRPC server call metrics.
 //! - [`paging`]: page sizes and opaque cursors of the list calls.
 //! - [`service`]: what every binary does around its work (telemetry, signals, exit codes).
 //! - [`shutdown`]: the process's stop signal.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod database;
 pub mod drain;
 pub mod grpc;
+pub mod metrics;
 pub mod paging;
 pub mod service;
 pub mod shutdown;

@@ -8,11 +8,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
 use crate::bus::{BusNames, EventBus, Relay};
 use crate::config::{BusArgs, Refused, TelemetryArgs};
+use crate::grpc::GrpcRouter;
 use crate::telemetry::{self, ServiceLevel};
 
 /// How long a stopping service waits for its background tasks.
@@ -96,6 +96,18 @@ pub struct Background {
     pub shutdown: CancellationToken,
     /// How long the server goes on serving, unready, after `shutdown` ([`crate::config::ShutdownArgs`]).
     pub shutdown_delay: Duration,
+    /// Where `/metrics` is served, if anywhere ([`crate::metrics::MetricsArgs::bind`]).
+    pub metrics: Option<TcpListener>,
+}
+
+impl Background {
+    /// The port `/metrics` is served on, if any (useful with port 0 in tests).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
 }
 
 /// Serves a service's gRPC `router` (from [`crate::grpc::server`]) until shutdown (and its
@@ -107,7 +119,7 @@ pub struct Background {
 pub async fn serve_grpc(
     name: &str,
     listener: TcpListener,
-    (reporter, router): (HealthReporter, Router),
+    (reporter, router): (HealthReporter, GrpcRouter),
     grpc_service: &str,
     background: Background,
 ) -> anyhow::Result<()> {
@@ -116,9 +128,19 @@ pub async fn serve_grpc(
         tracker,
         shutdown,
         shutdown_delay,
+        metrics,
     } = background;
+    // The relay and /metrics outlive the gRPC server's drain.
     let relay_stop = CancellationToken::new();
     tracker.spawn(relay.run(relay_stop.clone()));
+    if let Some(listener) = metrics {
+        let stop = relay_stop.clone();
+        tracker.spawn(async move {
+            if let Err(error) = crate::metrics::serve(listener, stop).await {
+                tracing::error!(%error, "the metrics endpoint failed");
+            }
+        });
+    }
     tracing::info!(service = name, addr = %listener.local_addr()?, "serving gRPC");
     let served = crate::grpc::serve(
         router,

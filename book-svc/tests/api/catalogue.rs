@@ -239,3 +239,30 @@ async fn the_catalogue_is_searched_and_paged_by_title() {
         .unwrap();
     assert_eq!(literal.into_inner().total_count, 0);
 }
+
+#[tokio::test]
+async fn calls_are_counted_by_method_and_code_on_the_metrics_port() {
+    let app = spawn_app().await;
+    let mut client = app.client().await;
+    client.create_book(create("Counted", "A. Uthor", 1)).await.unwrap();
+    let missing = client
+        .get_book(GetBookRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let metrics = app.metrics().await;
+    for series in [
+        r#"grpc_server_requests_total{method="/library.book.v1.BookService/CreateBook",code="Ok"}"#,
+        r#"grpc_server_requests_total{method="/library.book.v1.BookService/GetBook",code="NotFound"}"#,
+        r#"grpc_server_request_duration_seconds_bucket{method="/library.book.v1.BookService/GetBook",le="0.005"}"#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("grpc.health"),
+        "health probes are not counted:\n{metrics}"
+    );
+}

@@ -10,6 +10,8 @@ pub struct App {
     /// What the saga consumer applies: tests deliver events through it by hand.
     pub saga: Subscriptions,
     pub port: u16,
+    /// Where `/metrics` is served (every test's book-svc serves it on a port of its own).
+    pub metrics_port: u16,
     shutdown: CancellationToken,
 }
 
@@ -30,20 +32,52 @@ impl App {
 pub async fn spawn_app() -> App {
     init_tracing();
     let url = fresh_postgres_database("book").await;
-    let config =
-        book_svc::Config::try_parse_from(["book-svc", "--book-grpc-addr", "127.0.0.1:0", "--database-url", &url])
-            .expect("config");
+    let config = book_svc::Config::try_parse_from([
+        "book-svc",
+        "--book-grpc-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+    ])
+    .expect("config");
     let bus = system_bus(&fresh_bus_names());
     let shutdown = CancellationToken::new();
     let app = book_svc::Application::build(&config, bus, shutdown.clone())
         .await
         .expect("book-svc builds");
     let (saga, port) = (app.subscriptions(), app.port());
+    let metrics_port = app.metrics_port().expect("METRICS_ADDR was given");
     TaskTracker::new().spawn(async move { app.run_until_stopped().await.expect("book-svc runs") });
-    App { saga, port, shutdown }
+    App {
+        saga,
+        port,
+        metrics_port,
+        shutdown,
+    }
 }
 
 impl App {
+    /// The body of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .expect("the metrics port accepts");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        assert!(
+            response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+            "{response}"
+        );
+        response
+    }
+
     /// Delivers `event` to the saga consumer, as the bus would.
     pub async fn deliver<E: library_proto::DomainEvent>(&self, event: &E) -> Result<(), String> {
         self.saga.apply(&EventEnvelope::of(event)).await

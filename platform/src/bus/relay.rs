@@ -75,6 +75,7 @@ impl Relay {
             return Ok(Relayed::Empty);
         }
         tracing::debug!(count = published, "published an outbox batch");
+        metrics::counter!("events_published_total").increment(published as u64);
         Ok(Relayed::Published(published))
     }
 

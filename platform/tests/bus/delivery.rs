@@ -39,6 +39,7 @@ async fn every_committed_event_reaches_rabbitmq_consumers_once() {
 
 #[tokio::test]
 async fn every_committed_event_reaches_in_process_consumers_once() {
+    library_platform::metrics::prometheus();
     let (producer, consumer_db) = (sqlite().await, sqlite().await);
     let bus = EventBus::in_process();
     let outbox = Outbox::default();
@@ -49,6 +50,8 @@ async fn every_committed_event_reaches_in_process_consumers_once() {
     assert!(eventually(WAIT, || async { consumer.applied().await.0 >= 200 }).await);
     assert_eq!(consumer.applied().await, (200, 200));
     assert_eq!(outbox_rows(&producer).await, 0);
+    let metrics = library_platform::metrics::prometheus().render();
+    assert!(metrics.contains("events_published_total "), "{metrics}");
 }
 
 #[tokio::test]

@@ -172,6 +172,7 @@ async fn a_poison_message_lands_in_the_dead_letter_queue_and_the_consumer_goes_o
 
 #[tokio::test]
 async fn the_in_process_bus_dead_letters_poison_and_goes_on() {
+    library_platform::metrics::prometheus();
     let consumer = Consumer::new(sqlite().await);
     let bus = EventBus::in_process();
     let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
@@ -186,6 +187,12 @@ async fn the_in_process_bus_dead_letters_poison_and_goes_on() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].envelope.event_id, poison.event_id);
     assert!(dead[0].error.contains("decode"), "{}", dead[0].error);
+    // Operators see both outcomes (the counters are the process's, shared by every test here).
+    let metrics = library_platform::metrics::prometheus().render();
+    for outcome in ["applied", "dead_lettered"] {
+        let series = format!(r#"events_consumed_total{{consumer="test-consumer",outcome="{outcome}"}}"#);
+        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
     shutdown.cancel();
 }
 
