@@ -35,6 +35,9 @@ KUSTOMIZATIONS = {
 # The four servers, in the order they must start (each dials the ones before it).
 SERVERS = ["book-svc", "borrow-svc", "dashboard-svc", "graphql-gateway"]
 GRPC_PORTS = {"book-svc": 50051, "borrow-svc": 50052, "dashboard-svc": 50053}
+# Where each gRPC service serves Prometheus /metrics (METRICS_ADDR); the gateway serves its own
+# on its HTTP port.
+METRICS_PORT = 9464
 IMAGE_REPOSITORY = "ghcr.io/library-circulation"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 

@@ -11,7 +11,10 @@ placeholders, decoded. Only these local rewrites are made:
   postgres://postgres@127.0.0.1:5432), dropped afterwards; AMQP_URL becomes TEST_AMQP_URL's
   broker (default amqp://guest:guest@127.0.0.1:5672/%2f), in a vhost of this run when
   rabbitmqctl can make one, else in TEST_AMQP_URL's own vhost;
-- every volumeMount's path (and so LIBRARY_AUDIT_DIR) becomes a temporary directory.
+- every volumeMount's path (and so LIBRARY_AUDIT_DIR) becomes a temporary directory;
+- a listen address on a port that several Deployments declare (9464, where every gRPC service
+  serves /metrics: each pod has a network of its own, the local processes share one) gets a
+  free port for each process; `Pod.port` tells which, and the checks below go through it.
 
 As the kubelet would, the process runs as the pod's runAsUser/runAsGroup (when this runs as
 root), with HOSTNAME set to a pod name, in a working directory it cannot write (the read-only
@@ -19,7 +22,8 @@ root filesystem). Then its startup, readiness and liveness probes are run as the
 them (grpc.health.v1.Health/Check, or HTTP GET), and the Services' targetPorts are checked
 against the ports the process really listens on. A renamed variable or port fails: every
 variable the manifest sets must be one the binary's --help lists, and each server must listen
-where its listen-address variable says.
+where its listen-address variable says. Each server serves Prometheus /metrics where its pod's
+prometheus.io annotations say, and the gRPC services count the calls they answered there.
 
 Bad input: a missing required variable, or a malformed value, must stop the binary at once with a
 non-zero exit and one error line naming the variable (a JSON line, as Loki reads them), not a
@@ -30,7 +34,8 @@ sleep.
 
 Needs: LIBRARY_BIN_DIR, PostgreSQL (TEST_POSTGRES_URL; trust authentication for `postgres`, and
 `psql`), RabbitMQ (TEST_AMQP_URL; rabbitmqctl, as root or through sudo, for a vhost of the run).
-The servers bind their real ports (50051-50053, 8080), which must be free.
+The servers bind their real ports (50051-50053, 8080), which must be free; the services'
+/metrics get free ports of their own.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ REQUIRED = [
 # A malformed value for one setting of each server (CONTRACT.md and --help).
 MALFORMED = [
     ("book-svc", "BOOK_GRPC_ADDR", "nope"),
+    ("book-svc", "METRICS_ADDR", "nope"),
     ("borrow-svc", "LIBRARY_LOAN_DAYS", "x"),
     ("borrow-svc", "BORROW_GRPC_ADDR", "nope"),
     ("dashboard-svc", "DASHBOARD_GRPC_ADDR", "nope"),
@@ -309,7 +315,13 @@ class Pod:
     env: dict[str, str]
     workdir: Path
     mounts: dict[str, Path] = field(default_factory=dict)
+    # A declared containerPort -> the port this process was given instead (see the module's doc).
+    moved_ports: dict[int, int] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+
+    def port(self, declared: int) -> int:
+        """Where this process serves what its manifest declares on `declared`."""
+        return self.moved_ports.get(declared, declared)
 
     @property
     def stdout_path(self) -> Path:
@@ -359,11 +371,27 @@ def make_pod(manifests, binaries, databases, name: str, tmp_root: Path, *, drop=
             if value == path or value.startswith(path.rstrip("/") + "/"):
                 env[key] = str(local) + value[len(path.rstrip("/")):]
 
+    moved_ports = {}
+    shared = _shared_ports(manifests)
+    for key, value in list(env.items()):
+        host, sep, port = value.rpartition(":")
+        if sep and "/" not in value and port.isdigit() and int(port) in shared:
+            moved_ports.setdefault(int(port), _free_port())
+            env[key] = f"{host}:{moved_ports[int(port)]}"
+
     for key in drop:
         env.pop(key, None)
     env.update(override or {})
     env = {**IMAGE_ENV, "HOSTNAME": pod_name, **env}
-    return Pod(name, binaries[name], deployment, container, env, workdir, mounts)
+    return Pod(name, binaries[name], deployment, container, env, workdir, mounts, moved_ports)
+
+
+def _shared_ports(manifests) -> set[int]:
+    """containerPorts that more than one server Deployment declares."""
+    declared = [
+        {p["containerPort"] for p in manifests.server_container(name).get("ports") or []} for name in SERVERS
+    ]
+    return {port for port in set().union(*declared) if sum(port in ports for ports in declared) > 1}
 
 
 def start(pod: Pod, args=()) -> Pod:
@@ -575,7 +603,7 @@ def system(manifests, binaries, databases, scratch):
     try:
         for name in SERVERS:
             pod = make_pod(manifests, binaries, databases, name, tmp_root)
-            for port in (p["containerPort"] for p in pod.container["ports"]):
+            for port in (pod.port(p["containerPort"]) for p in pod.container["ports"]):
                 if _can_connect(("127.0.0.1", port)):
                     pytest.fail(f"port {port} is already in use: {name} could not bind it")
             pods[name] = start(pod)
@@ -695,20 +723,21 @@ def test_server_starts_and_passes_its_probes(system, name):
 def test_service_target_ports_are_the_ports_the_server_listens_on(system, manifests, name):
     pod = system[name]
     listening = listening_ports(pod.process.pid)
-    declared = {p["containerPort"] for p in pod.container["ports"]}
-    assert declared <= listening, f"{name} declares {sorted(declared)} but listens on {sorted(listening)}"
-    assert listening <= declared, f"{name} listens on undeclared ports {sorted(listening - declared)}"
+    declared = {pod.port(p["containerPort"]) for p in pod.container["ports"]}
+    moved = f" (here {pod.moved_ports})" if pod.moved_ports else ""
+    assert declared <= listening, f"{name} declares {sorted(declared)}{moved} but listens on {sorted(listening)}"
+    assert listening <= declared, f"{name} listens on undeclared ports {sorted(listening - declared)}{moved}"
     services = manifests.services_selecting(pod.deployment)
     assert services, f"no Service selects {name}"
     for svc in services:
         for port in svc["spec"]["ports"]:
-            target = container_port(pod.container, port.get("targetPort", port["port"]))
+            target = pod.port(container_port(pod.container, port.get("targetPort", port["port"])))
             assert target in listening, f"Service {svc['metadata']['name']} targets {target}: nothing listens"
     for kind, probe in probes(pod.container).items():
         port = (probe.get("grpc") or {}).get("port") or container_port(
             pod.container, (probe.get("httpGet") or probe.get("tcpSocket"))["port"]
         )
-        assert port in listening, f"{name} {kind} probes port {port}: nothing listens"
+        assert pod.port(port) in listening, f"{name} {kind} probes port {port}: nothing listens"
 
 
 @pytest.mark.parametrize("name", SERVERS)
@@ -738,14 +767,35 @@ def test_borrow_svc_appends_to_its_own_file_on_the_audit_volume(system, manifest
     assert expected.exists(), f"no {expected.name} in the audit volume: {sorted(os.listdir(directory))}"
 
 
-def test_gateway_serves_metrics_where_prometheus_scrapes(system):
-    pod = system["graphql-gateway"]
+@pytest.mark.parametrize("name", SERVERS)
+def test_server_serves_metrics_where_prometheus_scrapes(system, name):
+    """GET on the pod's prometheus.io/port and path: Prometheus' text format, with the call just
+    made counted (a gRPC service counts and times the calls it answers, by method and code, and
+    not the health checks the probes made)."""
+    pod = system[name]
+    await_probe(pod, "readinessProbe", budget=30)
+    serving = pod.container["ports"][0]["containerPort"]
+    send, close = grpc_caller(serving, LOAD_CALLS[name]) if name in LOAD_CALLS else graphql_caller(serving)
+    try:
+        answered, detail = send()
+    finally:
+        close()
+    assert answered, f"{name}: the call was not answered: {detail}"
     annotations = pod.deployment["spec"]["template"]["metadata"]["annotations"]
-    url = f"http://127.0.0.1:{annotations['prometheus.io/port']}{annotations['prometheus.io/path']}"
+    port = pod.port(int(annotations["prometheus.io/port"]))
+    url = f"http://127.0.0.1:{port}{annotations['prometheus.io/path']}"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=5) as response:
         assert response.status == 200
         assert response.headers.get_content_type() == "text/plain"
+        body = response.read().decode()
+    if name in LOAD_CALLS:
+        method = LOAD_CALLS[name]
+        for series in ("grpc_server_requests_total", "grpc_server_request_duration_seconds_bucket"):
+            assert f'{series}{{method="{method}"' in body, f"{name}: no {series} of {method} in:\n{body[:2000]}"
+        assert 'method="/grpc.health.' not in body, f"{name} counts its health checks"
+    else:
+        assert "graphql_requests_total{" in body, f"{name}: no graphql_requests_total in:\n{body[:2000]}"
 
 
 @pytest.mark.parametrize("name", SERVERS)

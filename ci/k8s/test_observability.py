@@ -1,6 +1,6 @@
 """k8s/observability agrees with itself and with the servers: the dashboard asks for the metrics
-the gateway exports and the labels Promtail makes, the data sources it names exist, traces go
-from the servers to the collector to Tempo on ports that match.
+the gateway and the gRPC services export and the labels Promtail makes, the data sources it
+names exist, traces go from the servers to the collector to Tempo on ports that match.
 
 The Helm charts themselves cannot be fetched offline, so their values files are checked for
 the keys this setup relies on, not rendered."""
@@ -12,16 +12,19 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from k8s_model import DEV, OBSERVABILITY, PROD, ROOT, SERVERS, container_port, pod_spec, render
+from k8s_model import DEV, GRPC_PORTS, OBSERVABILITY, PROD, ROOT, SERVERS, container_port, pod_spec, render
 
 DASHBOARD = OBSERVABILITY / "dashboards" / "library-circulation.json"
-# Where the gateway process records its metrics (the gateway's own code and the platform's).
-METRIC_SOURCES = [ROOT / "graphql-gateway" / "src", ROOT / "platform" / "src"]
+# Where each kind of process records its metrics: the gateway in its own code; the gRPC services
+# in theirs and in the platform's (the gRPC server layer, the outbox relay, the consumers), which
+# the gateway links too but does not run.
+GATEWAY_SOURCES = [ROOT / "graphql-gateway" / "src"]
+SERVICE_SOURCES = [ROOT / "platform" / "src"] + [ROOT / name / "src" for name in GRPC_PORTS]
 
 # What the gateway exports, exactly as its code records it: name -> (kind, labels).
 # graphql-gateway/src/http.rs: one counter and one histogram per GraphQL request;
 # downstream.rs: per gRPC call to a downstream service; schema/mod.rs: the business counters.
-# test_the_metric_table_is_what_the_gateway_records holds this table to the code.
+# test_the_metric_tables_are_what_the_code_records holds these tables to the code.
 GATEWAY_METRICS = {
     "graphql_requests_total": ("counter", {"operation", "status"}),
     "graphql_request_duration_seconds": ("histogram", {"operation"}),
@@ -31,23 +34,46 @@ GATEWAY_METRICS = {
     "library_returns_total": ("counter", set()),
     "library_late_fees_won_total": ("counter", set()),
 }
-# The values the code gives the labels a query may match on.
-GATEWAY_LABEL_VALUES = {
+# What each gRPC service exports (on METRICS_ADDR), as the platform records it.
+# platform/src/metrics.rs: per call a service answers (health and reflection not counted);
+# bus/relay.rs: per event the outbox relay published; bus/consumer.rs: per delivery consumed.
+SERVICE_METRICS = {
+    "grpc_server_requests_total": ("counter", {"method", "code"}),
+    "grpc_server_request_duration_seconds": ("histogram", {"method"}),
+    "events_published_total": ("counter", set()),
+    "events_consumed_total": ("counter", {"consumer", "outcome"}),
+}
+# tonic's Code in Debug form, as both the gateway's client metrics and the services' server
+# metrics name a call's status.
+TONIC_CODES = {
+    "Ok", "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
+    "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
+    "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+}
+# The values the code gives the labels a query may match on, per metric (a histogram's are its
+# series'). test_the_label_values_are_what_the_code_gives checks the ones read off the code.
+DOWNSTREAMS = {"book", "borrow", "dashboard"}  # graphql-gateway/src/lib.rs: Downstream::new("book", …)
+CONSUMERS = {"book-svc", "borrow-svc", "dashboard-svc"}  # */src/events.rs: .subscriptions("book-svc")
+LABEL_VALUES = {
     # http.rs: "ok" without GraphQL errors, else "error".
-    "status": {"ok", "error"},
-    # lib.rs: the names the Downstreams are created with (checked below).
-    "service": {"book", "borrow", "dashboard"},
-    # downstream.rs: "Shed" when the concurrency budget is spent, else tonic's Code in Debug form.
-    "code": {
-        "Shed", "Ok", "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
-        "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
-        "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
-    },
+    "graphql_requests_total": {"status": {"ok", "error"}},
+    # downstream.rs: "Shed" when the concurrency budget is spent, else tonic's Code.
+    "grpc_client_requests_total": {"service": DOWNSTREAMS, "code": TONIC_CODES | {"Shed"}},
+    "grpc_client_request_duration_seconds": {"service": DOWNSTREAMS},
+    # metrics.rs: the call's path (/package.Service/Method, from proto/) and its grpc-status.
+    "grpc_server_requests_total": {"code": TONIC_CODES, "method": "from proto"},
+    "grpc_server_request_duration_seconds": {"method": "from proto"},
+    # consumer.rs: the Subscriptions' name; "applied", or "dead_lettered" when it went to the DLQ.
+    "events_consumed_total": {"consumer": CONSUMERS, "outcome": {"applied", "dead_lettered"}},
 }
 # Series from kube-state-metrics (installed by prometheus-values.yaml).
 OTHER_METRICS = {"kube_deployment_status_replicas_ready": ("gauge", {"deployment", "namespace"})}
-# Labels Prometheus' kubernetes-pods job adds to every scraped series.
+# Labels Prometheus' kubernetes-pods job adds to every scraped series: the pod's labels (so `app`,
+# the server's name: what the dashboard groups the services' own metrics by), its namespace and
+# name. No `service`: on the gateway's client metrics that label is the downstream called.
 SCRAPE_LABELS = {"namespace", "pod", "app", "instance", "job"}
+# The values of `app` on each exporter's series: its Deployment's pod label.
+APPS = {"gateway": {"graphql-gateway"}, "services": set(GRPC_PORTS)}
 # The series a Prometheus histogram is exported as (the _bucket ones with the label `le`).
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 # Labels Promtail gives every log stream (promtail-values.yaml) that queries may use.
@@ -74,11 +100,11 @@ def queries(dashboard, datasource_type):
 # --- what the code records --------------------------------------------------------------------
 
 
-def recorded_metrics() -> dict[str, tuple[str, set[str]]]:
-    """Every `metrics::counter!/histogram!/gauge!("name", "label" => value, ...)` call in the
-    gateway's sources: name -> (kind, label names)."""
+def recorded_metrics(sources) -> dict[str, tuple[str, set[str]]]:
+    """Every `metrics::counter!/histogram!/gauge!("name", "label" => value, ...)` call in
+    `sources`: name -> (kind, label names)."""
     found: dict[str, tuple[str, set[str]]] = {}
-    for directory in METRIC_SOURCES:
+    for directory in sources:
         for path in sorted(directory.rglob("*.rs")):
             source = path.read_text()
             for m in re.finditer(r"\b(counter|histogram|gauge)!\s*\(", source):
@@ -102,17 +128,55 @@ def _balanced(source: str, open_at: int) -> str:
     raise ValueError(f"unbalanced parentheses from offset {open_at}")
 
 
-def test_the_metric_table_is_what_the_gateway_records():
-    recorded = recorded_metrics()
-    assert recorded, f"no metric recorded under {[str(d.relative_to(ROOT)) for d in METRIC_SOURCES]}"
-    assert recorded == GATEWAY_METRICS, (
-        "GATEWAY_METRICS differs from the code:\n"
-        f"  only in the code:  {sorted(_frozen(recorded) - _frozen(GATEWAY_METRICS))}\n"
-        f"  only in the table: {sorted(_frozen(GATEWAY_METRICS) - _frozen(recorded))}"
+@pytest.mark.parametrize(
+    "table,sources",
+    [("GATEWAY_METRICS", GATEWAY_SOURCES), ("SERVICE_METRICS", SERVICE_SOURCES)],
+    ids=["gateway", "services"],
+)
+def test_the_metric_tables_are_what_the_code_records(table, sources):
+    expected = globals()[table]
+    recorded = recorded_metrics(sources)
+    assert recorded, f"no metric recorded under {[str(d.relative_to(ROOT)) for d in sources]}"
+    assert recorded == expected, (
+        f"{table} differs from the code:\n"
+        f"  only in the code:  {sorted(_frozen(recorded) - _frozen(expected))}\n"
+        f"  only in the table: {sorted(_frozen(expected) - _frozen(recorded))}"
     )
+
+
+def test_the_label_values_are_what_the_code_gives():
     gateway = (ROOT / "graphql-gateway" / "src" / "lib.rs").read_text()
     downstreams = re.findall(r'Downstream::new\(\s*"([^"]+)"', gateway)
-    assert set(downstreams) == GATEWAY_LABEL_VALUES["service"], f"downstream services are {downstreams}"
+    assert set(downstreams) == DOWNSTREAMS, f"downstream services are {downstreams}"
+    consumers = set()
+    for name in GRPC_PORTS:
+        for path in sorted((ROOT / name / "src").rglob("*.rs")):
+            consumers |= set(re.findall(r'\.subscriptions\(\s*"([^"]+)"\s*\)', path.read_text()))
+    assert consumers == CONSUMERS, f"the services' consumers are named {sorted(consumers)}"
+    consumer = (ROOT / "platform" / "src" / "bus" / "consumer.rs").read_text()
+    outcomes = set(re.findall(r'"outcome"\s*=>\s*"([^"]+)"', consumer))
+    assert outcomes == LABEL_VALUES["events_consumed_total"]["outcome"], f"outcomes are {sorted(outcomes)}"
+    assert grpc_methods(), "no gRPC method in proto/"
+
+
+def grpc_methods() -> set[str]:
+    """Every /package.Service/Method of proto/library/*: the `method` of the server metrics."""
+    methods = set()
+    for path in sorted((ROOT / "proto" / "library").rglob("*.proto")):
+        source = re.sub(r"//[^\n]*", "", path.read_text())
+        package = re.search(r"^\s*package\s+([\w.]+)\s*;", source, re.MULTILINE)
+        for service, body in re.findall(r"\bservice\s+(\w+)\s*\{(.*?)^\}", source, re.MULTILINE | re.DOTALL):
+            for method in re.findall(r"\brpc\s+(\w+)\s*\(", body):
+                methods.add(f"/{package.group(1)}.{service}/{method}")
+    return methods
+
+
+def label_values(metric: str, label: str) -> set[str] | None:
+    """The values the code gives `label` of `metric` (None: not known, any value goes)."""
+    if label == "app":
+        return APPS["gateway" if metric in GATEWAY_METRICS else "services"]
+    values = LABEL_VALUES.get(metric, {}).get(label)
+    return grpc_methods() if values == "from proto" else values
 
 
 def _frozen(table):
@@ -153,7 +217,7 @@ def metric_names(expr):
 def series_labels(name):
     """(metric, labels) of an exported series, or None: a counter or gauge is its name, a
     histogram only its _bucket (with `le`), _sum and _count series."""
-    known = {**GATEWAY_METRICS, **OTHER_METRICS}
+    known = {**GATEWAY_METRICS, **SERVICE_METRICS, **OTHER_METRICS}
     if name in known and known[name][0] != "histogram":
         return name, known[name][1] | SCRAPE_LABELS
     for suffix in HISTOGRAM_SERIES:
@@ -175,12 +239,12 @@ def test_dashboard_uses_only_exported_metrics_and_their_labels(dashboard):
         labels_of_every_series = None
         for name, matchers in found:
             series = series_labels(name)
-            assert series, f"{title}: {name} is not a series the gateway or kube-state-metrics exports"
+            assert series, f"{title}: {name} is not a series the servers or kube-state-metrics export"
             metric, labels = series
             for label, operator, value in matchers:
                 assert label in labels, f"{title}: {metric} has no label {label!r} (it has {sorted(labels)})"
-                if label in GATEWAY_LABEL_VALUES and metric in GATEWAY_METRICS and "$" not in value:
-                    possible = GATEWAY_LABEL_VALUES[label]
+                possible = label_values(metric, label) if metric not in OTHER_METRICS else None
+                if possible is not None and "$" not in value:
                     if operator in ("=", "!="):
                         matching = {value} & possible
                     else:
@@ -191,9 +255,10 @@ def test_dashboard_uses_only_exported_metrics_and_their_labels(dashboard):
         assert not unknown, f"{title}: groups by {sorted(unknown)}, which {sorted(metric_names(expr))} lack"
 
 
-def test_dashboard_shows_every_gateway_metric(dashboard):
+def test_dashboard_shows_every_exported_metric(dashboard):
     shown = {base_metric(n) for _, expr in queries(dashboard, "prometheus") for n in metric_names(expr)}
-    assert set(GATEWAY_METRICS) <= shown, f"not on the dashboard: {set(GATEWAY_METRICS) - shown}"
+    exported = set(GATEWAY_METRICS) | set(SERVICE_METRICS)
+    assert exported <= shown, f"not on the dashboard: {exported - shown}"
 
 
 def test_dashboard_shows_rate_errors_and_latency(dashboard):
@@ -215,6 +280,35 @@ def test_dashboard_shows_rate_errors_and_latency(dashboard):
     per_service = [e for e in exprs if "grpc_client_requests_total" in e and "service" in grouping_labels(e)]
     assert any('code!="Ok"' in e for e in per_service), "no gRPC error rate by service"
     assert any("code" not in e for e in per_service), "no gRPC request rate by service"
+
+
+def test_dashboard_shows_each_service_from_its_own_metrics(dashboard):
+    """The gRPC services' side: calls answered, errors (faults apart from refusals) and latency
+    per service (the pod's `app` label), and the events: published, consumed by consumer, and the
+    dead-lettered ones, which should stay at 0."""
+    exprs = [expr for _, expr in queries(dashboard, "prometheus")]
+    per_service = [e for e in exprs if "grpc_server_requests_total" in e and "app" in grouping_labels(e)]
+    assert any("code" not in e for e in per_service), "no rate of the calls each service answers"
+    assert any('code!="Ok"' in e for e in per_service), "no error rate of the calls each service answers"
+    faults = [re.search(r'code=~"([^"]+)"', e) for e in per_service]
+    faults = {code for m in faults if m for code in TONIC_CODES if re.fullmatch(m.group(1), code)}
+    assert {"Internal", "Unavailable", "Unknown", "DeadlineExceeded"} <= faults, f"server faults are {faults}"
+    assert not faults & {"Ok", "NotFound", "FailedPrecondition", "InvalidArgument"}, "refusals counted as faults"
+    for quantile, name in (("0.5", "p50"), ("0.99", "p99")):
+        assert any(
+            re.search(rf"histogram_quantile\(\s*{re.escape(quantile)}\s*,", e)
+            and "grpc_server_request_duration_seconds_bucket" in e
+            and {"le", "app"} <= grouping_labels(e)
+            for e in exprs
+        ), f"no {name} of grpc_server_request_duration_seconds by service"
+    assert any("events_published_total" in e for e in exprs), "no events published"
+    assert any(
+        "events_consumed_total" in e and 'outcome="applied"' in e and "consumer" in grouping_labels(e) for e in exprs
+    ), "no events consumed by consumer"
+    dead = [
+        p for p in dashboard["panels"] for t in p.get("targets", []) if 'outcome="dead_lettered"' in t.get("expr", "")
+    ]
+    assert any(p["type"] == "stat" for p in dead), "no stat of the dead-lettered events"
 
 
 def test_dashboard_log_queries_use_promtail_labels(dashboard):
@@ -332,3 +426,9 @@ def test_prometheus_keeps_the_annotation_based_pod_scraping():
     # serverFiles would drop it.
     assert "serverFiles" not in prometheus
     assert prometheus["kube-state-metrics"]["enabled"] is True
+    # That job copies the pod's labels onto its series: `app` tells the servers apart.
+    for overlay in (DEV, PROD):
+        for name in SERVERS:
+            labels = render(overlay).deployment(name)["spec"]["template"]["metadata"]["labels"]
+            assert labels.get("app") == name, f"{name}: its pods' app label is {labels.get('app')!r}"
+            assert name in APPS["gateway"] | APPS["services"], name

@@ -11,6 +11,7 @@ from k8s_model import (
     DEV,
     GRPC_PORTS,
     IMAGE_REPOSITORY,
+    METRICS_PORT,
     PROD,
     ROOT,
     SERVERS,
@@ -164,7 +165,9 @@ def test_servers_drain_gracefully(manifests):
 def test_grpc_services_use_native_grpc_probes_on_their_port(manifests):
     for name, port in GRPC_PORTS.items():
         c = manifests.server_container(name)
-        assert [p["containerPort"] for p in c["ports"]] == [port], name
+        # gRPC first (the port the Service and the probes use), then Prometheus' /metrics.
+        ports = [(p["name"], p["containerPort"]) for p in c["ports"]]
+        assert ports == [("grpc", port), ("metrics", METRICS_PORT)], name
         for kind, probe in probes(c).items():
             assert probe.get("grpc", {}).get("port") == port, f"{name} {kind}"
             assert probe["grpc"].get("service", "") == "", f"{name} {kind}: overall health is ''"
@@ -192,6 +195,16 @@ def test_listen_addresses_match_the_container_ports(manifests):
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
         port = c["ports"][0]["containerPort"]
         assert env.get(variable) == f"0.0.0.0:{port}", f"{name}: {variable}"
+    # The services' /metrics: METRICS_ADDR on the port named `metrics`; the gateway has none.
+    for name in SERVERS:
+        c = manifests.server_container(name)
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        metrics = [p["containerPort"] for p in c["ports"] if p["name"] == "metrics"]
+        if name in GRPC_PORTS:
+            assert metrics, f"{name}: no port named metrics"
+            assert env.get("METRICS_ADDR") == f"0.0.0.0:{metrics[0]}", f"{name}: METRICS_ADDR"
+        else:
+            assert "METRICS_ADDR" not in env and not metrics, f"{name} serves /metrics on its HTTP port"
 
 
 def test_services_have_the_contract_types_and_ports(manifests):
@@ -382,14 +395,41 @@ def test_audit_volume_is_a_shared_azurefile_claim_mounted_on_borrow_svc(manifest
     assert pod_spec(manifests.deployment("borrow-svc"))["securityContext"]["fsGroup"] == 10001
 
 
-def test_gateway_is_scraped_by_prometheus(manifests):
-    d = manifests.deployment("graphql-gateway")
-    annotations = d["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/path"] == "/metrics"
-    assert int(annotations["prometheus.io/port"]) in [
-        p["containerPort"] for p in manifests.server_container("graphql-gateway")["ports"]
-    ]
+def _scrape_annotations(workload) -> dict[str, str]:
+    annotations = workload["spec"]["template"]["metadata"].get("annotations") or {}
+    return {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
+
+
+def test_every_server_is_scraped_by_prometheus(manifests):
+    for name in SERVERS:
+        annotations = _scrape_annotations(manifests.deployment(name))
+        assert annotations.get("prometheus.io/scrape") == "true", f"{name}: not scraped"
+        assert annotations.get("prometheus.io/path") == "/metrics", name
+
+
+def test_a_metrics_port_and_the_scrape_annotations_go_together(manifests):
+    """A Deployment whose container declares a port named `metrics` is scraped on it, and a
+    scraped workload's annotations name a port its containers declare: the `metrics` one when
+    there is one; without one, only the gateway, whose /metrics is on its one HTTP port."""
+    for workload in manifests.workloads:
+        name = workload["metadata"]["name"]
+        containers = all_containers(pod_spec(workload))
+        declared = [p["containerPort"] for c in containers for p in c.get("ports") or []]
+        metrics = [p["containerPort"] for c in containers for p in c.get("ports") or [] if p.get("name") == "metrics"]
+        annotations = _scrape_annotations(workload)
+        scraped = annotations.get("prometheus.io/scrape") == "true"
+        assert len(metrics) <= 1, f"{name}: {len(metrics)} ports named metrics"
+        if metrics and workload["kind"] == "Deployment":
+            assert scraped, f"{name} declares a metrics port but has no prometheus.io/scrape: \"true\""
+        if scraped:
+            assert "prometheus.io/port" in annotations, f"{name}: scraped without prometheus.io/port"
+            port = int(annotations["prometheus.io/port"])
+            assert port in declared, f"{name}: prometheus.io/port {port} is no containerPort"
+            if metrics:
+                assert port == metrics[0], f"{name}: scraped on {port}, not on its metrics port {metrics[0]}"
+            elif workload["kind"] == "Deployment":
+                assert name == "graphql-gateway", f"{name}: scraped, but declares no metrics port"
+                assert port == container_port(manifests.server_container(name), "http"), name
 
 
 def test_namespaces_enforce_the_restricted_pod_security_standard(manifests):
@@ -532,6 +572,36 @@ def test_prod_network_policies_allow_exactly_the_architecture_flows(prod, source
         f"{source} -> {destination}:{SERVER_PORTS[destination]} should be "
         f"{'allowed' if not allowed else 'denied'}"
     )
+
+
+# The prometheus-community chart's server pod (k8s/observability/prometheus-values.yaml), and
+# another pod of the same namespace (Grafana).
+PROMETHEUS = Peer(
+    {"app.kubernetes.io/name": "prometheus", "app.kubernetes.io/component": "server",
+     "app.kubernetes.io/instance": "prometheus"},
+    namespace="observability",
+)
+GRAFANA = Peer(
+    {"app.kubernetes.io/name": "grafana", "app.kubernetes.io/instance": "grafana"}, namespace="observability"
+)
+
+
+def test_prod_lets_prometheus_and_only_it_scrape_the_services_metrics(prod):
+    policies = prod.of_kind("NetworkPolicy")
+    for name in SERVERS:
+        deployment = prod.deployment(name)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        port = int(_scrape_annotations(deployment)["prometheus.io/port"])
+        scraped = _direction_allows(policies, labels, "Ingress", PROMETHEUS, port)
+        assert scraped, f"Prometheus cannot scrape {name}:{port}"
+        if port == SERVER_PORTS[name]:
+            continue  # the gateway: its /metrics is on the port it serves everyone on
+        other = _direction_allows(policies, labels, "Ingress", GRAFANA, port)
+        assert not other, f"any pod of observability reaches {name}:{port}"
+        assert not can_connect(prod, OUTSIDE, name, port), f"outside -> {name}:{port}"
+        for source in SERVERS:
+            if source != name:
+                assert not can_connect(prod, source, name, port), f"{source} -> {name}:{port}"
 
 
 def test_prod_denies_by_default_and_allows_dns_and_backing_services(prod):
