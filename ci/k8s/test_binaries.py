@@ -753,6 +753,25 @@ def test_server_logs_json_lines_for_loki(system, name):
         assert isinstance(record, dict) and {"level", "target"} <= set(record), f"{name}: {line[:200]}"
 
 
+def test_config_dev_log_level_turns_on_borrow_svc_debug_lines(system):
+    """config-dev's BORROW_LOG_LEVEL (through envFrom) is borrow-svc's own level: at DEBUG its
+    debug lines appear (the relay's first prune is one, at start), while a server without such
+    a level, at RUST_LOG's default, logs none."""
+    borrow = system["borrow-svc"]
+    assert borrow.env.get("BORROW_LOG_LEVEL", "").upper() == "DEBUG", "config-dev sets BORROW_LOG_LEVEL=DEBUG"
+
+    def debug_lines(name: str) -> list[str]:
+        lines = system[name].stdout_path.read_text().splitlines()
+        return [line for line in lines if line.strip() and json.loads(line).get("level") == "DEBUG"]
+
+    deadline = time.monotonic() + 10
+    while not debug_lines("borrow-svc") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert debug_lines("borrow-svc"), f"borrow-svc at BORROW_LOG_LEVEL=DEBUG logged no debug line:\n{borrow.tail()}"
+    assert "BOOK_LOG_LEVEL" not in system["book-svc"].env
+    assert not debug_lines("book-svc"), f"book-svc logs debug lines without a level: {debug_lines('book-svc')[:2]}"
+
+
 def test_borrow_svc_appends_to_its_own_file_on_the_audit_volume(system, manifests):
     pod = system["borrow-svc"]
     [claim_mount] = [
