@@ -27,6 +27,8 @@
 #   BENCH_VHOST          1 (default): run the services in a fresh RabbitMQ vhost when rabbitmqctl
 #                        can create one, so they never share queues with a running demo; 0: use
 #                        BENCH_AMQP_URL's vhost as is
+#   BENCH_QUEUE_POLICY   a RabbitMQ policy definition applied to every queue of the fresh vhost,
+#                        e.g. '{"queue-version":2}' (to measure a broker setting)
 #   BENCH_WARM_UP        how long each request scenario first runs unrecorded (default: 3s; a
 #                        process that has just started still opens its database connections)
 #   BENCH_BORROW_RATE    borrow-at-rate's requests per second (default: 1000, issue 4's target)
@@ -278,6 +280,10 @@ if [[ ${BENCH_VHOST:-1} == 1 ]] && command -v rabbitmqctl >/dev/null &&
   rabbitmqctl -q set_permissions -p "$VHOST" "${user:-guest}" '.*' '.*' '.*' >/dev/null
   AMQP="${AMQP_BASE%/*}/$VHOST"
   log "services use the fresh RabbitMQ vhost $VHOST"
+  if [[ -n ${BENCH_QUEUE_POLICY:-} ]]; then
+    rabbitmqctl -q set_policy -p "$VHOST" --apply-to queues bench-queues '.*' "$BENCH_QUEUE_POLICY" >/dev/null
+    log "queue policy of the vhost: $BENCH_QUEUE_POLICY"
+  fi
 else
   log "services use $AMQP_BASE as is (queues are shared with anything else on that vhost)"
 fi
