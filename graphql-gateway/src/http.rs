@@ -36,7 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
+        .merge(library_platform::metrics::router())
         .layer(TraceLayer::new_for_http())
         .with_state(Arc::new(state))
 }
@@ -142,12 +142,6 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping")
     }
 }
-
-async fn render_metrics() -> String {
-    prometheus().render()
-}
-
-pub use library_platform::metrics::prometheus;
 
 #[cfg(test)]
 mod tests {

@@ -155,7 +155,7 @@ impl Application {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("GATEWAY_HTTP_ADDR: cannot listen on {}", config.http_addr))?;
-        http::prometheus();
+        library_platform::metrics::prometheus();
         let state = http::AppState {
             schema: schema::build(downstreams.clone(), shutdown.clone()),
             keys: JwtKeys::new(secret),

@@ -58,15 +58,19 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`.
+/// `GET /metrics`: the process's metrics in Prometheus' text format (a service's own port, or a
+/// route of the gateway's).
+pub fn router<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    axum::Router::new().route("/metrics", axum::routing::get(|| async { prometheus().render() }))
+}
+
+/// Serves [`router`] on `listener` until `shutdown`.
 ///
 /// # Errors
 /// The HTTP server failed.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let handle = prometheus();
-    let router = axum::Router::new().route("/metrics", axum::routing::get(move || async move { handle.render() }));
     tracing::info!(addr = %listener.local_addr()?, "serving metrics");
-    axum::serve(listener, router)
+    axum::serve(listener, router::<()>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
@@ -105,11 +109,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !counted(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
         let method = request.uri().path().to_owned();
         let answered = self.inner.call(request);
-        if !counted(&method) {
-            return Box::pin(answered);
-        }
         let started = Instant::now();
         Box::pin(async move {
             let response = answered.await;

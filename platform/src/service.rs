@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tonic_health::server::HealthReporter;
 
 use crate::bus::{BusNames, EventBus, Relay};
-use crate::config::{BusArgs, Refused, TelemetryArgs};
+use crate::config::{BusArgs, LogFormat, Refused, TelemetryArgs};
 use crate::grpc::GrpcRouter;
 use crate::telemetry::{self, ServiceLevel};
 
@@ -59,16 +59,18 @@ pub fn settings<C: clap::Parser>(service: &str) -> Result<C, ExitCode> {
     })
 }
 
-/// Logs why the process cannot start, before its own subscriber exists: one error line, a
-/// JSON object when `LOG_FORMAT=json` (as the real subscriber would write it), text otherwise.
+/// Logs why the process cannot start, before its own subscriber exists: one error line in the
+/// format `LOG_FORMAT` asks for (text when it is itself unreadable), as the real subscriber
+/// would write it.
 fn log_refusal(service: &str, error: &str) {
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.trim().eq_ignore_ascii_case("json"));
-    let log = || tracing::error!(service, error, "cannot start");
-    if json {
-        tracing::subscriber::with_default(tracing_subscriber::fmt().json().flatten_event(true).finish(), log);
-    } else {
-        tracing::subscriber::with_default(tracing_subscriber::fmt().with_ansi(telemetry::colour()).finish(), log);
-    }
+    use clap::ValueEnum;
+    use tracing_subscriber::layer::SubscriberExt;
+    let format = std::env::var("LOG_FORMAT")
+        .ok()
+        .and_then(|format| LogFormat::from_str(format.trim(), true).ok())
+        .unwrap_or(LogFormat::Text);
+    let subscriber = tracing_subscriber::registry().with(telemetry::fmt_layer(format));
+    tracing::subscriber::with_default(subscriber, || tracing::error!(service, error, "cannot start"));
 }
 
 /// A service binary's body: RabbitMQ is required; `run` gets the bus, and the bus is closed

@@ -99,28 +99,33 @@ pub fn init(
     let tracer = provider.tracer(service_name.to_owned());
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let fmt = match args.log_format {
+    // A second init (tests start many services in one process) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer(args.log_format))
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init();
+    Ok(TelemetryGuard { provider })
+}
+
+/// How log lines are written to standard output: JSON objects (Loki), or text with colours only
+/// on a terminal, not in a file or a pipe.
+pub fn fmt_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use std::io::IsTerminal;
+    match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(colour()).boxed(),
-    };
-    // A second init (tests start many services in one process) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .try_init();
-    Ok(TelemetryGuard { provider })
-}
-
-/// Colours in text logs only on a terminal, not in a file or a pipe.
-pub fn colour() -> bool {
-    use std::io::IsTerminal;
-    std::io::stdout().is_terminal()
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .boxed(),
+    }
 }
 
 fn tracer_provider(service_name: &str, endpoint: Option<&str>) -> Result<SdkTracerProvider, TelemetryError> {

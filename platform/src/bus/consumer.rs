@@ -226,11 +226,10 @@ impl Subscriptions {
         }
         let outcomes: Vec<Result<(), String>> = outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
         let failed = outcomes.iter().filter(|o| o.is_err()).count();
-        let consumer = self.consumer.clone();
-        metrics::counter!("events_consumed_total", "consumer" => consumer.clone(), "outcome" => "applied")
+        metrics::counter!("events_consumed_total", "consumer" => self.consumer.clone(), "outcome" => "applied")
             .increment((outcomes.len() - failed) as u64);
         if failed > 0 {
-            metrics::counter!("events_consumed_total", "consumer" => consumer, "outcome" => "dead_lettered")
+            metrics::counter!("events_consumed_total", "consumer" => self.consumer.clone(), "outcome" => "dead_lettered")
                 .increment(failed as u64);
         }
         outcomes
