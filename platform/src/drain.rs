@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sea_query::{
-    ColumnDef, DynIden, Expr, ExprTrait, IntoIden, LockBehavior, LockType, Order, Query, SelectStatement,
+    ColumnDef, DeleteStatement, DynIden, Expr, ExprTrait, IntoIden, LockBehavior, LockType, Order, Query,
+    SelectStatement,
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, TransactionTrait};
 use tokio::sync::Notify;
@@ -92,14 +93,7 @@ impl TableDrain {
         // are handed over again, which the receiver tolerates anyway. So it need not wait for the
         // disk, which takes a flush off the path of every row.
         txn.execute_unprepared("SET LOCAL synchronous_commit = off").await?;
-        let mut oldest = self.oldest_ids();
-        oldest.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
-        let take = Query::delete()
-            .from_table(self.table.clone())
-            .and_where(Expr::col(self.id.clone()).in_subquery(oldest))
-            .returning(Query::returning().columns(self.columns.clone()))
-            .to_owned();
-        let rows = txn.query_all(&take).await?;
+        let rows = txn.query_all(&self.take_oldest()).await?;
         if rows.is_empty() {
             txn.commit().await?;
             return Ok(0);
@@ -139,6 +133,25 @@ impl TableDrain {
             .to_owned();
         db.execute(&delete).await?;
         Ok(ids.len())
+    }
+
+    /// What a pass runs on PostgreSQL: deletes the oldest batch of rows that no other pass has
+    /// locked, returning them.
+    pub fn take_oldest(&self) -> DeleteStatement {
+        let mut oldest = self.oldest_ids();
+        oldest.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        // `= ANY(ARRAY(…))`, not `IN (…)`: the ids are taken first and the rows deleted through
+        // the primary key. With `IN`, the planner may join against a scan of the whole table,
+        // whose pages of deleted rows (a drained table is all churn) grow until a vacuum: 0.9 ms
+        // a pass against 0.1 over 23,000 rows deleted without one.
+        Query::delete()
+            .from_table(self.table.clone())
+            .and_where(Expr::cust_with_exprs(
+                "$1 = ANY(ARRAY($2))",
+                [Expr::col(self.id.clone()), Expr::SubQuery(None, Box::new(oldest.into()))],
+            ))
+            .returning(Query::returning().columns(self.columns.clone()))
+            .to_owned()
     }
 
     /// The ids of the oldest batch of rows.

@@ -1,0 +1,53 @@
+//! How a drain pass reads its table on PostgreSQL.
+use library_platform::drain::TableDrain;
+use sea_orm::sea_query::{Alias, PostgresQueryBuilder};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+use crate::helpers::postgres;
+
+/// A drained table is all churn: every row written is deleted soon after, and until a vacuum
+/// runs its pages fill with deleted rows. A pass must find its few live rows through the
+/// primary key; a plan that scans the table costs a pass more with every row ever drained.
+#[tokio::test]
+async fn a_pass_over_a_table_full_of_deleted_rows_goes_through_the_key_not_the_pages() {
+    let db = postgres().await;
+    let sql = |s: &str| Statement::from_string(DbBackend::Postgres, s.to_owned());
+    db.execute_raw(sql("ALTER TABLE outbox_events SET (autovacuum_enabled = false)"))
+        .await
+        .unwrap();
+    let insert = |from: u32, to: u32| {
+        format!(
+            "INSERT INTO outbox_events (event_id, event_type, routing_key, payload, occurred_at) \
+             SELECT 'e' || n, 'StockChanged', 'book.stock_changed', '\\x0a0b0c', now() \
+             FROM generate_series({from}, {to}) AS n"
+        )
+    };
+    db.execute_raw(sql(&insert(1, 20_000))).await.unwrap();
+    db.execute_raw(sql("DELETE FROM outbox_events")).await.unwrap();
+    db.execute_raw(sql(&insert(20_001, 20_010))).await.unwrap();
+
+    let drain = TableDrain::new(
+        Alias::new("outbox_events"),
+        Alias::new("id"),
+        [Alias::new("event_id")],
+        256,
+    );
+    let pass = drain.take_oldest().to_string(PostgresQueryBuilder);
+    let plan = db
+        .query_one_raw(sql(&format!("EXPLAIN (FORMAT JSON) {pass}")))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<serde_json::Value>(0)
+        .unwrap()
+        .to_string();
+    assert!(plan.contains("outbox_events_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "the pass scans the table: {plan}");
+
+    // And it takes the live rows, oldest first.
+    let taken = db.query_all_raw(sql(&pass)).await.unwrap();
+    let mut ids: Vec<String> = taken.iter().map(|row| row.try_get("", "event_id").unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids.len(), 10);
+    assert_eq!(ids.first().map(String::as_str), Some("e20001"));
+}
