@@ -242,15 +242,36 @@ settle() {
   done
   log "queues still hold $waiting messages after 60 s"
 }
+# CPU time so far, in clock ticks, one "NAME TICKS" line each: the bench's processes, PostgreSQL
+# and RabbitMQ (every process of theirs) and the whole machine (busy: neither idle nor waiting).
+CLK_TCK=$(getconf CLK_TCK)
+CPU_COLUMNS=(machine postgres rabbitmq "${PROCESSES[@]}")
+ticks_of() { awk '{sub(/^.*\) /, ""); t += $12 + $13} END {print t + 0}' "$@" 2>/dev/null || echo 0; }
+pids_stat() { local pid; for pid in $(pgrep -x "$1"); do echo "/proc/$pid/stat"; done; }
+cpu_ticks() {
+  awk '/^cpu / {print "machine", $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+  echo "postgres $(ticks_of $(pids_stat postgres) /dev/null)"
+  echo "rabbitmq $(ticks_of $(pids_stat beam.smp) /dev/null)"
+  local name
+  for name in "${PROCESSES[@]}"; do
+    [[ -n ${PID[$name]:-} ]] && echo "$name $(ticks_of "/proc/${PID[$name]}/stat")"
+  done
+}
 # scenario NAME ARGS... : runs one library-load subcommand, printing its report and keeping the
-# JSON for the summary.
+# JSON for the summary, and the cores each process used meanwhile (warm-up included).
 scenario() {
-  local name=$1
+  local name=$1 before started
   shift
   [[ -z $ONLY || $ONLY == *",$name,"* ]] || return 0
   log "scenario $name: library-load $*"
+  before=$(cpu_ticks)
+  started=$(now_ms)
   if "$BIN/library-load" "$@" --json-file "$WORK/$name.json"; then
     SCENARIOS+=("$name")
+    # Ticks used over the wall time: cores busy on average.
+    awk -v hz="$CLK_TCK" -v ms=$(($(now_ms) - started)) 'NR == FNR {t[$1] = $2; next}
+      $1 in t {printf "%s %.2f\n", $1, ($2 - t[$1]) / hz / (ms / 1000)}' \
+      <(echo "$before") <(cpu_ticks) >"$WORK/$name.cpu"
   else
     fail "scenario $name failed"
   fi
@@ -350,6 +371,24 @@ for name in "${SCENARIOS[@]}"; do
     | @tsv' "$WORK/$name.json" |
     awk -F'\t' '{ printf "%-22s %9s %8s %10s %9s %9s %9s %9s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
   jq -r '.errors_by_kind | to_entries[] | "    error \(.key): \(.value)"' "$WORK/$name.json"
+done
+echo
+
+echo "== CPU during each scenario (warm-up included): cores busy on average, of $(nproc) (rest: the"
+echo "   load generator, the kernel and anything else); the machine's CPU per request, in ms"
+printf '%-22s' scenario
+printf ' %9s' "${CPU_COLUMNS[@]/#graphql-/}" rest ms/req
+echo
+for name in "${SCENARIOS[@]}"; do
+  [[ -f $WORK/$name.cpu ]] || continue
+  printf '%-22s' "$name"
+  for column in "${CPU_COLUMNS[@]}"; do
+    printf ' %9s' "$(awk -v c="$column" '$1 == c {print $2}' "$WORK/$name.cpu")"
+  done
+  rps=$(jq -r '.throughput_rps // 0' "$WORK/$name.json")
+  awk -v rps="$rps" '$1 == "machine" {busy = $2; next} {listed += $2}
+    END {printf " %9.2f %9s\n", busy - listed, (rps > 0) ? sprintf("%.2f", busy * 1000 / rps) : "-"}' \
+    "$WORK/$name.cpu"
 done
 echo
 
