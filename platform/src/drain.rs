@@ -148,7 +148,10 @@ impl TableDrain {
             .from_table(self.table.clone())
             .and_where(Expr::cust_with_exprs(
                 "$1 = ANY(ARRAY($2))",
-                [Expr::col(self.id.clone()), Expr::SubQuery(None, Box::new(oldest.into()))],
+                [
+                    Expr::col(self.id.clone()),
+                    Expr::SubQuery(None, Box::new(oldest.into())),
+                ],
             ))
             .returning(Query::returning().columns(self.columns.clone()))
             .to_owned()
