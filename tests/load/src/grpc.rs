@@ -1,13 +1,13 @@
 //! gRPC scenarios: book-svc's `CheckStock` (the synchronous guard of every borrow) and
 //! borrow-svc's `Borrow`, with the lag until the saga makes the loan ACTIVE.
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow};
 use library_proto::book::book_service_client::BookServiceClient;
 use library_proto::book::{CheckStockRequest, CreateBookRequest};
 use library_proto::borrow::borrow_service_client::BorrowServiceClient;
-use library_proto::borrow::{BorrowRequest, GetLoanRequest, LoanStatus};
+use library_proto::borrow::{BorrowRequest, GetLoanRequest, Loan, LoanStatus};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::driver::{Failure, LoadArgs, drive, run_tag};
@@ -99,7 +99,7 @@ pub async fn borrow(args: &BorrowArgs) -> anyhow::Result<Report> {
         let (probes, poller) = (sampler.clone(), poller.clone());
         async move {
             let loan = client.borrow(request).await.map_err(|s| failure(&s))?.into_inner();
-            let replied = Instant::now();
+            let (replied, replied_at) = (Instant::now(), SystemTime::now());
             if !slot.warm_up && probes.sample() {
                 let request = GetLoanRequest {
                     loan_id: loan.id,
@@ -109,7 +109,7 @@ pub async fn borrow(args: &BorrowArgs) -> anyhow::Result<Report> {
                     let (mut poller, request) = (poller.clone(), request.clone());
                     async move {
                         match poller.get_loan(request).await {
-                            Ok(loan) => loan_poll(loan.into_inner().status),
+                            Ok(loan) => loan_poll(&loan.into_inner(), replied_at),
                             Err(status) => Poll::Failed(failure(&status).0),
                         }
                     }
@@ -124,12 +124,18 @@ pub async fn borrow(args: &BorrowArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn loan_poll(status: i32) -> Poll {
-    match LoanStatus::try_from(status) {
-        Ok(LoanStatus::Active) => Poll::Reached,
+/// Whether the loan is ACTIVE; if so, how long after the reply it became so: its `updated_at`
+/// is the activation's time (borrow-svc's clock, this machine's in the bench), so the lag does
+/// not depend on how often the probe polls.
+fn loan_poll(loan: &Loan, replied_at: SystemTime) -> Poll {
+    match LoanStatus::try_from(loan.status) {
+        Ok(LoanStatus::Active) => match loan.updated_at.as_ref().and_then(|t| SystemTime::try_from(*t).ok()) {
+            Some(activated_at) => Poll::ReachedAfter(activated_at.duration_since(replied_at).unwrap_or_default()),
+            None => Poll::Reached,
+        },
         Ok(LoanStatus::Pending) => Poll::Pending,
         Ok(other) => Poll::Ended(other.as_str_name().to_owned()),
-        Err(_) => Poll::Ended(format!("unknown status {status}")),
+        Err(_) => Poll::Ended(format!("unknown status {}", loan.status)),
     }
 }
 
@@ -193,10 +199,41 @@ mod tests {
         assert_eq!(failure(&tonic::Status::unavailable("x")).0, "Unavailable");
     }
 
+    fn loan(status: LoanStatus, updated_at: Option<SystemTime>) -> Loan {
+        Loan {
+            status: status as i32,
+            updated_at: updated_at.map(Into::into),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn only_active_ends_a_probe_successfully() {
-        assert!(matches!(loan_poll(LoanStatus::Active as i32), Poll::Reached));
-        assert!(matches!(loan_poll(LoanStatus::Pending as i32), Poll::Pending));
-        assert!(matches!(loan_poll(LoanStatus::Canceled as i32), Poll::Ended(s) if s == "LOAN_STATUS_CANCELED"));
+        let replied_at = SystemTime::now();
+        assert!(matches!(
+            loan_poll(&loan(LoanStatus::Active, None), replied_at),
+            Poll::Reached
+        ));
+        assert!(matches!(
+            loan_poll(&loan(LoanStatus::Pending, None), replied_at),
+            Poll::Pending
+        ));
+        assert!(matches!(
+            loan_poll(&loan(LoanStatus::Canceled, None), replied_at),
+            Poll::Ended(s) if s == "LOAN_STATUS_CANCELED"
+        ));
+    }
+
+    #[test]
+    fn the_lag_to_active_is_read_from_the_activation_time() {
+        let replied_at = SystemTime::now();
+        let activated = loan(LoanStatus::Active, Some(replied_at + Duration::from_millis(42)));
+        assert!(matches!(
+            loan_poll(&activated, replied_at),
+            Poll::ReachedAfter(lag) if lag == Duration::from_millis(42)
+        ));
+        // A clock that read earlier on the server than here counts as no lag, not a panic.
+        let early = loan(LoanStatus::Active, Some(replied_at - Duration::from_millis(3)));
+        assert!(matches!(loan_poll(&early, replied_at), Poll::ReachedAfter(lag) if lag.is_zero()));
     }
 }

@@ -18,7 +18,9 @@ pub struct ProbeArgs {
     /// 20 at 2 ms made a tenth of borrow-svc's load and doubled the lag it reported.
     #[arg(long, default_value_t = 50)]
     pub probe_every: u64,
-    /// Pause between two polls of a probe (so a lag is seen up to this much late).
+    /// Pause between two polls of a probe. Where the effect carries its own time (a loan's
+    /// activation), the lag is read from it and the interval only sets how soon a probe learns
+    /// it; elsewhere a lag is seen up to this much late.
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
     pub probe_interval: Duration,
     /// A probe that has not seen the effect after this long counts as a timeout.
@@ -30,6 +32,8 @@ pub struct ProbeArgs {
 pub enum Poll {
     /// The effect is visible.
     Reached,
+    /// The effect is visible and says when it happened: this long after the reply.
+    ReachedAfter(Duration),
     /// Not yet.
     Pending,
     /// It never will be (e.g. the loan was canceled): the outcome, counted apart.
@@ -78,6 +82,7 @@ impl Probes {
                 let recorder = || lag.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 match seen {
                     Ok(Poll::Reached) => return recorder().reached(replied.elapsed()),
+                    Ok(Poll::ReachedAfter(lag)) => return recorder().reached(lag),
                     Ok(Poll::Ended(outcome)) => return recorder().ended(outcome),
                     Ok(Poll::Pending) => {}
                     Ok(Poll::Failed(kind)) => last_error = Some(kind),
@@ -129,11 +134,15 @@ mod tests {
             polls += 1;
             async move { if polls >= 3 { Poll::Reached } else { Poll::Pending } }
         });
+        probes.spawn(Instant::now(), || async { Poll::ReachedAfter(Duration::from_secs(7)) });
         probes.spawn(Instant::now(), || async { Poll::Failed("Unavailable".into()) });
         probes.spawn(Instant::now(), || async { Poll::Ended("CANCELED".into()) });
         let report = probes.finish("lag").await;
-        assert_eq!(report.samples, 3);
-        assert_eq!(report.reached, 1);
+        assert_eq!(report.samples, 4);
+        assert_eq!(report.reached, 2);
+        // The lag an effect reports is taken as it is, not the time the probe took to see it.
+        let latency = report.latency.expect("lags recorded");
+        assert!(latency.max_us >= 7_000_000, "{latency:?}");
         assert_eq!(report.timeouts, 1);
         assert_eq!(report.outcomes["CANCELED"], 1);
         assert_eq!(report.outcomes["last poll error: Unavailable"], 1);
