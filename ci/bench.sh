@@ -250,15 +250,19 @@ settle() {
 # and RabbitMQ (every process of theirs) and the whole machine (busy: neither idle nor waiting).
 CLK_TCK=$(getconf CLK_TCK)
 CPU_COLUMNS=(machine postgres rabbitmq "${PROCESSES[@]}")
-ticks_of() { awk '{sub(/^.*\) /, ""); t += $12 + $13} END {print t + 0}' "$@" 2>/dev/null || echo 0; }
-pids_stat() { local pid; for pid in $(pgrep -x "$1"); do echo "/proc/$pid/stat"; done; }
+# User + system ticks of the processes whose /proc/PID/stat files are given (none: 0). A process
+# that exits meanwhile (a PostgreSQL backend) counts 0 instead of failing the sum.
+ticks_of() { { cat /dev/null "$@" 2>/dev/null || true; } | awk '{sub(/^.*\) /, ""); t += $12 + $13} END {print t + 0}'; }
+stats_of() { local pid; for pid in $(pgrep -x "$1"); do echo "/proc/$pid/stat"; done; }
 cpu_ticks() {
   awk '/^cpu / {print "machine", $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
-  echo "postgres $(ticks_of $(pids_stat postgres) /dev/null)"
-  echo "rabbitmq $(ticks_of $(pids_stat beam.smp) /dev/null)"
+  # shellcheck disable=SC2046 # one file name per word
+  echo "postgres $(ticks_of $(stats_of postgres))"
+  # shellcheck disable=SC2046
+  echo "rabbitmq $(ticks_of $(stats_of beam.smp))"
   local name
   for name in "${PROCESSES[@]}"; do
-    [[ -n ${PID[$name]:-} ]] && echo "$name $(ticks_of "/proc/${PID[$name]}/stat")"
+    if [[ -n ${PID[$name]:-} ]]; then echo "$name $(ticks_of "/proc/${PID[$name]}/stat")"; fi
   done
 }
 # scenario NAME ARGS... : runs one library-load subcommand, printing its report and keeping the

@@ -9,11 +9,11 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
+use tower_resilience::circuitbreaker::{CircuitBreaker, CircuitBreakerLayer, DefaultClassifier};
 
 use crate::metrics::GrpcMetricsLayer;
-use tonic_health::server::HealthReporter;
-use tower_resilience::circuitbreaker::{CircuitBreaker, CircuitBreakerLayer, DefaultClassifier};
 
 /// The metadata entry that names why a call was refused (e.g. `OUT_OF_STOCK`).
 pub const REASON_KEY: &str = "x-library-reason";
