@@ -32,9 +32,9 @@
 #   BENCH_WARM_UP        how long each request scenario first runs unrecorded (default: 3s; a
 #                        process that has just started still opens its database connections)
 #   BENCH_BORROW_RATE    borrow-at-rate's requests per second (default: 1000, issue 4's target)
-#   BENCH_BORROW_PROBE_INTERVAL
-#                        how often a borrow's probe polls its loan (default: 25ms; the lag is
-#                        read from the loan's activation time whatever the interval)
+#   BENCH_PROBE_INTERVAL how often a lag probe polls (default: 25ms; the lag is read from the
+#                        loan's activation time or the dashboard's update time whatever the
+#                        interval)
 #   BENCH_GRAPHQL_BORROW_RATE
 #                        graphql-borrow-at-rate's (default: 800, issue 5's target)
 #   BENCH_DIR            where logs and JSON reports go (default: a fresh temporary directory)
@@ -50,7 +50,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}/
 PROFILE=release
 DURATION=10s
 WARM_UP="${BENCH_WARM_UP:-3s}"
-BORROW_PROBE_INTERVAL="${BENCH_BORROW_PROBE_INTERVAL:-25ms}"
+PROBE_INTERVAL="${BENCH_PROBE_INTERVAL:-25ms}"
 EVENTS=20000
 WITH_GATEWAY=1
 KEEP_LOGS=0
@@ -338,13 +338,13 @@ fi
 start_sampler
 scenario check-stock check-stock --book-url "http://$BOOK_ADDR" --concurrency 32 --duration "$DURATION" --warm-up "$WARM_UP"
 # The open loads first: a closed load leaves the saga a backlog the next scenario would inherit.
-# A borrow probe reads the lag from the loan's activation time, so it need not poll often (its
-# polls are calls to the system it measures).
+# A probe reads the lag from the loan's activation time or the dashboard's update time, so it
+# need not poll often (its polls are calls to the system it measures).
 scenario borrow-at-rate borrow --borrow-url "http://$BORROW_ADDR" --book-url "http://$BOOK_ADDR" \
   --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP" --rate "${BENCH_BORROW_RATE:-1000}" \
-  --probe-interval "$BORROW_PROBE_INTERVAL"
+  --probe-interval "$PROBE_INTERVAL"
 scenario borrow borrow --borrow-url "http://$BORROW_ADDR" --book-url "http://$BOOK_ADDR" \
-  --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP" --probe-interval "$BORROW_PROBE_INTERVAL"
+  --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP" --probe-interval "$PROBE_INTERVAL"
 settle
 scenario events events --database-url "$PG/postgres?sslmode=$SSLMODE" --amqp-url "$AMQP_BASE" --count "$EVENTS"
 if [[ $GATEWAY_UP == 1 ]]; then
@@ -352,9 +352,10 @@ if [[ $GATEWAY_UP == 1 ]]; then
     --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP"
   scenario graphql-borrow-at-rate graphql-borrow --url "http://$GATEWAY_ADDR/graphql" \
     --jwt-secret "$SECRET" --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP" \
-    --rate "${BENCH_GRAPHQL_BORROW_RATE:-800}"
+    --rate "${BENCH_GRAPHQL_BORROW_RATE:-800}" --probe-interval "$PROBE_INTERVAL"
   scenario graphql-borrow graphql-borrow --url "http://$GATEWAY_ADDR/graphql" \
-    --jwt-secret "$SECRET" --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP"
+    --jwt-secret "$SECRET" --concurrency 20 --duration "$DURATION" --warm-up "$WARM_UP" \
+    --probe-interval "$PROBE_INTERVAL"
 else
   log "gateway not running: GraphQL scenarios skipped"
 fi

@@ -20,7 +20,8 @@ fn to_message(d: Dashboard) -> DashboardMessage {
         user_id: d.user_id,
         borrowed_count: d.borrowed_count,
         late_fee_total: d.late_fee_total,
-        updated_at: Some(to_timestamp(d.updated_at)),
+        // Version 0 is the all-zero dashboard of a reader with no event: it never changed.
+        updated_at: (d.version > 0).then(|| to_timestamp(d.updated_at)),
     }
 }
 

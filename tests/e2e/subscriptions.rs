@@ -31,13 +31,14 @@ async fn my_dashboard_shows_the_current_value_then_each_change(system: &System) 
     let admin = system.admin();
     let reader = system.reader("reader");
     let book_id = id_of(&admin.create_book("Dashboard", 3).await);
-    let query = "subscription { myDashboard { userId borrowedCount lateFeeTotal } }";
+    let query = "subscription { myDashboard { userId borrowedCount lateFeeTotal updatedAt } }";
 
     let mut dashboard = system.subscribe(reader.token(), query, json!({})).await;
     let first = dashboard.next_data().await;
     assert_eq!(first["myDashboard"]["userId"], reader.user.as_str(), "{first}");
     assert_eq!(first["myDashboard"]["borrowedCount"], 0, "{first}");
     assert_eq!(first["myDashboard"]["lateFeeTotal"], 0, "{first}");
+    assert!(first["myDashboard"]["updatedAt"].is_null(), "never changed: {first}");
 
     let loan_id = id_of(&reader.borrow_ok(&book_id, 2).await);
     let (borrowed, before) = dashboard
@@ -45,6 +46,10 @@ async fn my_dashboard_shows_the_current_value_then_each_change(system: &System) 
         .await;
     assert_eq!(borrowed["myDashboard"]["userId"], reader.user.as_str());
     assert_eq!(borrowed["myDashboard"]["lateFeeTotal"], 0);
+    assert!(
+        borrowed["myDashboard"]["updatedAt"].is_string(),
+        "a change has a time: {borrowed}"
+    );
     for value in &before {
         assert_eq!(value["myDashboard"]["borrowedCount"], 0, "only 0, then 2: {before:?}");
     }

@@ -1,10 +1,12 @@
 //! Each event counts once, in whatever order the events arrive; watchers see every change.
 use std::time::Duration;
 
+use chrono::Utc;
 use futures::StreamExt;
 use library_platform::bus::EventEnvelope;
 use library_proto::dashboard::{GetDashboardRequest, WatchDashboardRequest};
 use library_proto::events::{BookBorrowed, BookReturned, LateFeeCharged};
+use library_proto::time::from_timestamp;
 
 use crate::helpers::{App, id, spawn_app};
 
@@ -59,6 +61,33 @@ async fn the_seeds_example_borrow_4_return_3_with_a_500_fee_shows_1_and_500() {
     app.deliver(&returned("ana", 3)).await;
     app.deliver(&charged("ana", 500)).await;
     assert_eq!(dashboard(&app, "ana").await, (1, 500));
+}
+
+#[tokio::test]
+async fn a_dashboard_says_when_it_last_changed_and_nothing_before_its_first_event() {
+    let app = spawn_app().await;
+    let read = || async {
+        app.client()
+            .await
+            .get_dashboard(GetDashboardRequest { user_id: "cy".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .updated_at
+    };
+    assert_eq!(read().await, None, "a reader with no event: no time");
+    let before = Utc::now();
+    app.deliver(&borrowed("cy", 1)).await;
+    let after = Utc::now();
+    let changed = read()
+        .await
+        .as_ref()
+        .and_then(from_timestamp)
+        .expect("a time once changed");
+    assert!(
+        before <= changed && changed <= after,
+        "{changed} is not between {before} and {after}"
+    );
 }
 
 #[tokio::test]

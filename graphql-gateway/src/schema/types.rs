@@ -137,6 +137,8 @@ pub struct Dashboard {
     pub user_id: ID,
     pub borrowed_count: i32,
     pub late_fee_total: i64,
+    /// When the last change was applied; null before the reader's first.
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl From<dashboard_pb::Dashboard> for Dashboard {
@@ -145,6 +147,7 @@ impl From<dashboard_pb::Dashboard> for Dashboard {
             user_id: ID(d.user_id),
             borrowed_count: d.borrowed_count,
             late_fee_total: d.late_fee_total,
+            updated_at: d.updated_at.as_ref().and_then(from_timestamp),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! GraphQL scenarios against the gateway: the catalogue listing, borrowing with the dashboard's
 //! lag, and the seed's HPA load (`siege -c20 -t40S` on the borrow listing).
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
 use jsonwebtoken::{EncodingKey, Header};
@@ -24,7 +24,7 @@ const BOOKS: &str =
 const CREATE_BOOK: &str = "mutation CreateBook($input: CreateBookInput!) { createBook(input: $input) { id } }";
 const BORROW: &str = "mutation Borrow($bookId: ID!) { borrowBook(bookId: $bookId, quantity: 1) { id status } }";
 const MY_LOANS: &str = "query MyLoans { myLoans(first: 20) { totalCount nodes { id status } } }";
-const MY_DASHBOARD: &str = "query Dashboard { myDashboard { borrowedCount } }";
+const MY_DASHBOARD: &str = "query Dashboard { myDashboard { borrowedCount updatedAt } }";
 
 /// `graphql-books`: the settings.
 #[derive(clap::Args, Clone, Debug)]
@@ -111,9 +111,11 @@ pub async fn borrow(args: &BorrowArgs) -> anyhow::Result<Report> {
         async move {
             let token = tokens.reader(&reader)?;
             borrow_book(&client, &token, &book_id).await?;
-            let replied = Instant::now();
+            let (replied, replied_at) = (Instant::now(), SystemTime::now());
             if !slot.warm_up && probes.sample() {
-                probes.spawn(replied, move || dashboard_counts(client.clone(), token.clone(), 1));
+                probes.spawn(replied, move || {
+                    dashboard_counts(client.clone(), token.clone(), 1, replied_at)
+                });
             }
             Ok(())
         }
@@ -164,14 +166,28 @@ async fn borrow_book(client: &Client, token: &str, book_id: &str) -> Result<(), 
 }
 
 /// One poll of the reader's dashboard: has it counted `expected` copies yet?
-async fn dashboard_counts(client: Client, token: String, expected: i64) -> Poll {
+async fn dashboard_counts(client: Client, token: String, expected: i64, replied_at: SystemTime) -> Poll {
     match client.execute(MY_DASHBOARD, json!({}), Some(&token)).await {
-        Ok(data) => match data.pointer("/myDashboard/borrowedCount").and_then(Value::as_i64) {
-            Some(count) if count >= expected => Poll::Reached,
-            Some(_) => Poll::Pending,
-            None => Poll::Failed("bad_response".into()),
-        },
+        Ok(data) => dashboard_poll(&data, expected, replied_at),
         Err(Failure(kind)) => Poll::Failed(kind),
+    }
+}
+
+/// Whether `myDashboard` counts `expected` copies; if so, how long after the reply: its
+/// `updatedAt` is when the change was applied (each probed reader borrows once, so the last
+/// change is this borrow's).
+fn dashboard_poll(data: &Value, expected: i64, replied_at: SystemTime) -> Poll {
+    match data.pointer("/myDashboard/borrowedCount").and_then(Value::as_i64) {
+        Some(count) if count >= expected => {
+            let updated_at = data
+                .pointer("/myDashboard/updatedAt")
+                .and_then(Value::as_str)
+                .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                .map(SystemTime::from);
+            Poll::reached_at(updated_at, replied_at)
+        }
+        Some(_) => Poll::Pending,
+        None => Poll::Failed("bad_response".into()),
     }
 }
 
@@ -343,5 +359,24 @@ mod tests {
                 .expect("valid HS256 token");
         assert_eq!(decoded.claims["sub"], "load-1");
         assert_eq!(decoded.claims["roles"], json!([]));
+    }
+
+    #[test]
+    fn the_lag_to_the_dashboard_is_read_from_its_update_time() {
+        let replied_at = SystemTime::now();
+        let at = |lag_ms: i64| {
+            let time = chrono::DateTime::<chrono::Utc>::from(replied_at) + chrono::Duration::milliseconds(lag_ms);
+            json!({ "myDashboard": { "borrowedCount": 1, "updatedAt": time.to_rfc3339() } })
+        };
+        assert!(matches!(
+            dashboard_poll(&at(42), 1, replied_at),
+            Poll::ReachedAfter(lag) if lag == Duration::from_millis(42)
+        ));
+        assert!(matches!(dashboard_poll(&at(-3), 1, replied_at), Poll::ReachedAfter(lag) if lag.is_zero()));
+        let untimed = json!({ "myDashboard": { "borrowedCount": 1, "updatedAt": null } });
+        assert!(matches!(dashboard_poll(&untimed, 1, replied_at), Poll::Reached));
+        let before = json!({ "myDashboard": { "borrowedCount": 0, "updatedAt": null } });
+        assert!(matches!(dashboard_poll(&before, 1, replied_at), Poll::Pending));
+        assert!(matches!(dashboard_poll(&json!({}), 1, replied_at), Poll::Failed(_)));
     }
 }

@@ -125,14 +125,13 @@ pub async fn borrow(args: &BorrowArgs) -> anyhow::Result<Report> {
 }
 
 /// Whether the loan is ACTIVE; if so, how long after the reply it became so: its `updated_at`
-/// is the activation's time (borrow-svc's clock, this machine's in the bench), so the lag does
-/// not depend on how often the probe polls.
+/// is the activation's time.
 fn loan_poll(loan: &Loan, replied_at: SystemTime) -> Poll {
     match LoanStatus::try_from(loan.status) {
-        Ok(LoanStatus::Active) => match loan.updated_at.as_ref().and_then(|t| SystemTime::try_from(*t).ok()) {
-            Some(activated_at) => Poll::ReachedAfter(activated_at.duration_since(replied_at).unwrap_or_default()),
-            None => Poll::Reached,
-        },
+        Ok(LoanStatus::Active) => {
+            let activated_at = loan.updated_at.as_ref().and_then(|t| SystemTime::try_from(*t).ok());
+            Poll::reached_at(activated_at, replied_at)
+        }
         Ok(LoanStatus::Pending) => Poll::Pending,
         Ok(other) => Poll::Ended(other.as_str_name().to_owned()),
         Err(_) => Poll::Ended(format!("unknown status {}", loan.status)),

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +40,18 @@ pub enum Poll {
     Ended(String),
     /// The poll failed; keep polling (the last such error is reported with a timeout).
     Failed(String),
+}
+
+impl Poll {
+    /// The effect is visible; `happened_at`, when the system says, is when it took effect (the
+    /// service's clock: the bench runs on one machine), so the lag does not depend on how often
+    /// the probe polls. A time before the reply counts as no lag.
+    pub fn reached_at(happened_at: Option<SystemTime>, replied_at: SystemTime) -> Self {
+        match happened_at {
+            Some(at) => Poll::ReachedAfter(at.duration_since(replied_at).unwrap_or_default()),
+            None => Poll::Reached,
+        }
+    }
 }
 
 /// The probes of one run.
