@@ -23,6 +23,8 @@
 #   BENCH_PG_SSLMODE     sslmode of every connection, the services' and pgbench's (default: disable:
 #                        TLS on loopback protects nothing and costs each query a third of its CPU
 #                        here; set prefer to measure what a TLS link costs)
+#   BENCH_PG_OPTIONS     more options of the services' database URLs, e.g.
+#                        statement-cache-capacity=24 (to measure a connection setting)
 #   BENCH_AMQP_URL       RabbitMQ (default: amqp://guest:guest@127.0.0.1:5672/%2f)
 #   BENCH_VHOST          1 (default): run the services in a fresh RabbitMQ vhost when rabbitmqctl
 #                        can create one, so they never share queues with a running demo; 0: use
@@ -151,7 +153,7 @@ create_db() {
   local db="bench_${1}_${SUFFIX}"
   psql_admin "CREATE DATABASE \"$db\""
   DATABASES+=("$db")
-  DB_URL="$PG/$db?sslmode=$SSLMODE"
+  DB_URL="$PG/$db?sslmode=$SSLMODE${BENCH_PG_OPTIONS:+&$BENCH_PG_OPTIONS}"
 }
 
 tcp_open() { (: >"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
