@@ -119,7 +119,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let bus = match &config.amqp_url {
         Some(url) if !url.trim().is_empty() => EventBus::rabbitmq_for_system(url, BusNames::default())?,
         _ => EventBus::in_process(),
-    };
+    }
+    .with_batch_linger(configs.book.bus.batch_linger);
 
     // The gateway stops first and drains; only then the services behind it, so a request the
     // gateway accepted never meets a service that already stopped.

@@ -10,6 +10,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use library_platform::database::insert_rows;
@@ -139,9 +140,14 @@ impl AuditWriter {
     /// half a second), then once more.
     pub async fn run(self, shutdown: CancellationToken) {
         let polled_only = Arc::new(Notify::new());
-        run_passes("audit writer", self.table.batch_size(), polled_only, shutdown, || {
-            self.write_once()
-        })
+        run_passes(
+            "audit writer",
+            self.table.batch_size(),
+            Duration::ZERO,
+            polled_only,
+            shutdown,
+            || self.write_once(),
+        )
         .await;
     }
 }

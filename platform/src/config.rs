@@ -51,6 +51,15 @@ pub struct BusArgs {
     /// RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2f.
     #[arg(long = "amqp-url", env = "AMQP_URL")]
     pub amqp_url: Option<String>,
+    /// Seconds a consumer or an outbox relay, once events arrive, waits for more to take in the
+    /// same batch ([`crate::bus::DEFAULT_BATCH_LINGER`]); 0 takes what has arrived at once.
+    #[arg(
+        long = "event-batch-linger",
+        env = "LIBRARY_EVENT_BATCH_LINGER",
+        default_value = "0.01",
+        value_parser = parse_seconds
+    )]
+    pub batch_linger: Duration,
 }
 
 /// How a server stops.

@@ -173,12 +173,14 @@ impl TableDrain {
 }
 
 /// Runs `pass` (a [`TableDrain::once`] and what goes with it) until `shutdown`: again at once
-/// after a full batch of `batch_size` rows, else when `wake` is rung after a commit or after
-/// [`POLL_INTERVAL`]; with a growing back-off after a failure. After shutdown one last pass
-/// takes what requests that finished during the drain committed.
+/// after a full batch of `batch_size` rows, else `linger` after `wake` is rung by a commit (so
+/// that the commits of that while leave in the same batch), or after [`POLL_INTERVAL`]; with a
+/// growing back-off after a failure. After shutdown one last pass takes what requests that
+/// finished during the drain committed.
 pub async fn run_passes<E, F, Fut>(
     what: &'static str,
     batch_size: u64,
+    linger: Duration,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
     mut pass: F,
@@ -202,7 +204,12 @@ pub async fn run_passes<E, F, Fut>(
                 backoff = FIRST_BACKOFF;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = wake.notified() => {},
+                    _ = wake.notified() => {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(linger) => {},
+                        }
+                    },
                     _ = tokio::time::sleep(POLL_INTERVAL) => {},
                 }
             }

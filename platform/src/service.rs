@@ -165,7 +165,7 @@ pub async fn serve_grpc(
 /// `AMQP_URL` is missing or not an AMQP URL.
 pub fn required_bus(args: &BusArgs) -> anyhow::Result<EventBus> {
     let url = crate::config::required("AMQP_URL", &args.amqp_url).map_err(anyhow::Error::msg)?;
-    Ok(EventBus::rabbitmq_for_system(url, BusNames::default())?)
+    Ok(EventBus::rabbitmq_for_system(url, BusNames::default())?.with_batch_linger(args.batch_linger))
 }
 
 /// Waits for `tracker`'s tasks (closing it first), at most [`DRAIN_TIMEOUT`].

@@ -93,6 +93,7 @@ pub(super) async fn consume(
     queue: String,
     mut receiver: mpsc::UnboundedReceiver<Delivery>,
     subscriptions: Arc<Subscriptions>,
+    linger: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -100,11 +101,16 @@ pub(super) async fn consume(
             _ = shutdown.cancelled() => break,
             delivery = receiver.recv() => match delivery { Some(d) => d, None => break },
         };
+        // What arrives within `linger` of the first joins its batch, as with RabbitMQ.
+        let deadline = tokio::time::Instant::now() + linger;
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match receiver.try_recv() {
                 Ok(delivery) => batch.push(delivery),
-                Err(_) => break,
+                Err(_) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(delivery)) => batch.push(delivery),
+                    Ok(None) | Err(_) => break,
+                },
             }
         }
         let envelopes: Vec<EventEnvelope> = batch.iter().map(|d| d.envelope.clone()).collect();

@@ -27,6 +27,7 @@ mod rabbit;
 mod relay;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use library_proto::DomainEvent;
@@ -121,10 +122,19 @@ enum Transport {
     Memory(Arc<memory::MemoryBus>),
 }
 
+/// How long a consumer or an outbox relay, once events arrive, waits for more before it takes a
+/// batch. Every hop of the saga is a transaction and a round trip or two whatever the batch's
+/// size, and on a busy machine those fixed costs, paid per event when batches are small, take
+/// the cores from the requests: with two cores at 1,000 borrows/s, `Borrow`'s p99 was 29–40 ms
+/// with 10 ms of linger against 292–738 ms without, in three alternating runs. At most four hops
+/// of linger (40 ms) separate a borrow's reply from its loan being ACTIVE.
+pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(10);
+
 /// The seam every service talks to; it never sees lapin.
 #[derive(Clone)]
 pub struct EventBus {
     transport: Transport,
+    batch_linger: Duration,
 }
 
 impl EventBus {
@@ -139,6 +149,7 @@ impl EventBus {
         }
         Ok(Self {
             transport: Transport::Rabbit(Arc::new(rabbit::RabbitBus::new(url, names))),
+            batch_linger: DEFAULT_BATCH_LINGER,
         })
     }
 
@@ -155,7 +166,21 @@ impl EventBus {
     pub fn in_process() -> Self {
         Self {
             transport: Transport::Memory(Arc::new(memory::MemoryBus::default())),
+            batch_linger: DEFAULT_BATCH_LINGER,
         }
+    }
+
+    /// The same bus, its consumers and relays waiting `linger` for more events before taking a
+    /// batch ([`DEFAULT_BATCH_LINGER`]).
+    #[must_use]
+    pub fn with_batch_linger(mut self, linger: Duration) -> Self {
+        self.batch_linger = linger;
+        self
+    }
+
+    /// How long its consumers and relays wait for more events before taking a batch.
+    pub fn batch_linger(&self) -> Duration {
+        self.batch_linger
     }
 
     /// True for the in-process transport.
@@ -187,11 +212,13 @@ impl EventBus {
         self.declare_queue(queue, &subscriptions.routing_keys());
         match &self.transport {
             Transport::Rabbit(bus) => {
-                tracker.spawn(rabbit::consume(bus.clone(), queue.to_owned(), subscriptions, shutdown));
+                let (queue, linger) = (queue.to_owned(), self.batch_linger);
+                tracker.spawn(rabbit::consume(bus.clone(), queue, subscriptions, linger, shutdown));
             }
             Transport::Memory(bus) => {
                 let rx = bus.declare(queue, subscriptions.routing_keys(), true);
-                tracker.spawn(memory::consume(queue.to_owned(), rx, subscriptions, shutdown));
+                let (queue, linger) = (queue.to_owned(), self.batch_linger);
+                tracker.spawn(memory::consume(queue, rx, subscriptions, linger, shutdown));
             }
         }
     }

@@ -319,11 +319,12 @@ pub(super) async fn consume(
     bus: Arc<RabbitBus>,
     queue: String,
     subscriptions: Arc<Subscriptions>,
+    linger: Duration,
     shutdown: CancellationToken,
 ) {
     let queue = bus.names.queue(&queue);
     reconnecting(&queue, &shutdown, || {
-        consume_session(&bus, &queue, &subscriptions, &shutdown)
+        consume_session(&bus, &queue, &subscriptions, linger, &shutdown)
     })
     .await;
 }
@@ -332,6 +333,7 @@ async fn consume_session(
     bus: &RabbitBus,
     queue: &str,
     subscriptions: &Subscriptions,
+    linger: Duration,
     shutdown: &CancellationToken,
 ) -> Result<bool, lapin::Error> {
     let channel = bus.open_channel().await?;
@@ -348,13 +350,18 @@ async fn consume_session(
         .await?;
     tracing::info!(%queue, "consuming");
     let dlx = bus.names.dead_letter_exchange();
-    // Stop taking deliveries at shutdown; those in flight finish and are acknowledged. Whatever
-    // has arrived is applied as one batch (one transaction), up to BATCH at a time. Batches are
-    // acknowledged in delivery order, each with one `multiple` ack: a later batch that commits
-    // first waits for the earlier one, so an ack never covers a delivery not yet applied.
-    consumer
-        .take_until(shutdown.clone().cancelled_owned())
-        .ready_chunks(BATCH)
+    // Stop taking deliveries at shutdown; those in flight finish and are acknowledged. What
+    // arrives within `linger` of a batch's first delivery is applied with it (one transaction),
+    // up to BATCH. Batches are acknowledged in delivery order, each with one `multiple` ack: a
+    // later batch that commits first waits for the earlier one, so an ack never covers a
+    // delivery not yet applied.
+    let deliveries = consumer.take_until(shutdown.clone().cancelled_owned());
+    let batches = if linger.is_zero() {
+        deliveries.ready_chunks(BATCH).boxed()
+    } else {
+        tokio_stream::StreamExt::chunks_timeout(deliveries, BATCH, linger).boxed()
+    };
+    batches
         .map(|chunk| {
             let (channel, dlx) = (&channel, dlx.as_str());
             async move {

@@ -89,6 +89,7 @@ impl Relay {
         let relay = run_passes(
             "outbox relay",
             self.outbox.batch_size(),
+            self.bus.batch_linger(),
             self.wake.clone(),
             shutdown.clone(),
             || async {

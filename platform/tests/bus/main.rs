@@ -4,3 +4,4 @@ mod delivery;
 mod drain;
 mod faults;
 mod helpers;
+mod linger;
