@@ -51,8 +51,9 @@ pub struct BusArgs {
     /// RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2f.
     #[arg(long = "amqp-url", env = "AMQP_URL")]
     pub amqp_url: Option<String>,
-    /// Seconds a consumer or an outbox relay, once events arrive, waits for more to take in the
-    /// same batch ([`crate::bus::DEFAULT_BATCH_LINGER`]); 0 takes what has arrived at once.
+    /// Seconds a busy consumer or outbox relay (given events within this long of its last
+    /// batch) waits for more to take in the same batch ([`crate::bus::DEFAULT_BATCH_LINGER`]);
+    /// 0 always takes what has arrived at once.
     #[arg(
         long = "event-batch-linger",
         env = "LIBRARY_EVENT_BATCH_LINGER",

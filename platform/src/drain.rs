@@ -20,6 +20,17 @@ use tokio_util::sync::CancellationToken;
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stage (a drain, a consumer) that became free at `free_since` and has just been
+/// given work waits for more before it starts: `linger` when the work came within `linger`
+/// (the stage is busy, more is coming), nothing after a quiet spell.
+pub fn linger_if_busy(free_since: tokio::time::Instant, linger: Duration) -> Duration {
+    if free_since.elapsed() < linger {
+        linger
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// How long the last pass after shutdown may take.
 const LAST_PASS: Duration = Duration::from_secs(5);
 
@@ -173,10 +184,11 @@ impl TableDrain {
 }
 
 /// Runs `pass` (a [`TableDrain::once`] and what goes with it) until `shutdown`: again at once
-/// after a full batch of `batch_size` rows, else `linger` after `wake` is rung by a commit (so
-/// that the commits of that while leave in the same batch), or after [`POLL_INTERVAL`]; with a
-/// growing back-off after a failure. After shutdown one last pass takes what requests that
-/// finished during the drain committed.
+/// after a full batch of `batch_size` rows, else when `wake` is rung by a commit, or after
+/// [`POLL_INTERVAL`]; with a growing back-off after a failure. A commit that comes within
+/// `linger` of the last pass finds the drain busy: the pass waits `linger` more, so that the
+/// commits of that while leave in the same batch; after a quiet spell it runs at once. After
+/// shutdown one last pass takes what requests that finished during the drain committed.
 pub async fn run_passes<E, F, Fut>(
     what: &'static str,
     batch_size: u64,
@@ -190,8 +202,14 @@ pub async fn run_passes<E, F, Fut>(
     Fut: Future<Output = Result<usize, E>>,
 {
     let mut backoff = FIRST_BACKOFF;
+    // When the last pass that handed rows over ended (a pass over nothing is no work).
+    let mut free_since = tokio::time::Instant::now();
     loop {
-        match pass().await {
+        let outcome = pass().await;
+        if matches!(outcome, Ok(count) if count > 0) {
+            free_since = tokio::time::Instant::now();
+        }
+        match outcome {
             // A full batch: more may be waiting.
             Ok(count) if count as u64 >= batch_size => {
                 backoff = FIRST_BACKOFF;
@@ -205,9 +223,12 @@ pub async fn run_passes<E, F, Fut>(
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = wake.notified() => {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(linger) => {},
+                        let wait = linger_if_busy(free_since, linger);
+                        if !wait.is_zero() {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(wait) => {},
+                            }
                         }
                     },
                     _ = tokio::time::sleep(POLL_INTERVAL) => {},

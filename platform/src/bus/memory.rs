@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{BusError, EventEnvelope, Subscriptions, dead_letters};
+use crate::drain::linger_if_busy;
 
 pub(super) struct Delivery {
     envelope: EventEnvelope,
@@ -97,12 +98,13 @@ pub(super) async fn consume(
     shutdown: CancellationToken,
 ) {
     loop {
+        let free_since = tokio::time::Instant::now();
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             delivery = receiver.recv() => match delivery { Some(d) => d, None => break },
         };
-        // What arrives within `linger` of the first joins its batch, as with RabbitMQ.
-        let deadline = tokio::time::Instant::now() + linger;
+        // As with RabbitMQ: busy, what arrives within `linger` of the first joins its batch.
+        let deadline = tokio::time::Instant::now() + linger_if_busy(free_since, linger);
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match receiver.try_recv() {

@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{BusError, BusNames, EventEnvelope, Subscriptions};
+use crate::drain::linger_if_busy;
 
 /// Deliveries one consumer holds unacknowledged.
 const PREFETCH: u16 = 128;
@@ -350,18 +351,12 @@ async fn consume_session(
         .await?;
     tracing::info!(%queue, "consuming");
     let dlx = bus.names.dead_letter_exchange();
-    // Stop taking deliveries at shutdown; those in flight finish and are acknowledged. What
-    // arrives within `linger` of a batch's first delivery is applied with it (one transaction),
-    // up to BATCH. Batches are acknowledged in delivery order, each with one `multiple` ack: a
-    // later batch that commits first waits for the earlier one, so an ack never covers a
-    // delivery not yet applied.
-    let deliveries = consumer.take_until(shutdown.clone().cancelled_owned());
-    let batches = if linger.is_zero() {
-        deliveries.ready_chunks(BATCH).boxed()
-    } else {
-        tokio_stream::StreamExt::chunks_timeout(deliveries, BATCH, linger).boxed()
-    };
-    batches
+    // Stop taking deliveries at shutdown; those in flight finish and are acknowledged. A batch
+    // (one transaction) is what has arrived, and when busy what arrives within `linger` of its
+    // first delivery, up to BATCH. Batches are acknowledged in delivery order, each with one
+    // `multiple` ack: a later batch that commits first waits for the earlier one, so an ack
+    // never covers a delivery not yet applied.
+    lingering_batches(consumer.take_until(shutdown.clone().cancelled_owned()), linger)
         .map(|chunk| {
             let (channel, dlx) = (&channel, dlx.as_str());
             async move {
@@ -386,6 +381,29 @@ async fn consume_session(
         })
         .await?;
     close_if_stopping(&channel, shutdown).await
+}
+
+/// The items of `items` in batches of up to [`BATCH`]: what is ready when the first item comes,
+/// and what follows within `linger` of it if the consumer was busy ([`linger_if_busy`], counted
+/// from when the previous batch was done, which is when the next is asked for).
+fn lingering_batches<S>(items: S, linger: Duration) -> impl futures::Stream<Item = Vec<S::Item>>
+where
+    S: futures::Stream,
+{
+    futures::stream::unfold(Box::pin(items.fuse()), move |mut items| async move {
+        let free_since = tokio::time::Instant::now();
+        let first = items.next().await?;
+        let deadline = tokio::time::Instant::now() + linger_if_busy(free_since, linger);
+        let mut batch = vec![first];
+        // A deadline already past still takes what is ready: the timeout polls the item first.
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, items.next()).await {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Some((batch, items))
+    })
 }
 
 /// After a session's stream ended: `Ok(true)` when it ended because the process stops (the

@@ -1,5 +1,6 @@
-//! Events committed within the bus's linger of each other leave in one relay pass and are
-//! applied as one batch; without a linger each goes alone.
+//! A busy relay or consumer (given work within the linger of its last batch) waits the linger
+//! for more: events committed within it leave in one pass and are applied as one batch. After a
+//! quiet spell, or without a linger, each goes at once, alone.
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,12 +15,17 @@ use crate::helpers::{postgres, produce, rabbit, sqlite};
 const LINGER: Duration = Duration::from_millis(400);
 /// Between the two commits: well inside the linger, well beyond a pass without one.
 const GAP: Duration = Duration::from_millis(100);
+/// Idle before the first commit: inside the linger (the relay and consumer count as busy)…
+const BUSY: Duration = Duration::from_millis(250);
+/// …or well beyond it.
+const QUIET: Duration = Duration::from_millis(1200);
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Commits one event, then another `GAP` later, and returns the sizes of the batches the
-/// consumer applied them in.
+/// `idle` after the relay's first pass and the consumer's start, commits one event, then another
+/// `GAP` later, and returns the sizes of the batches the consumer applied them in.
 async fn batches_of_two_events(
     bus: EventBus,
+    idle: Duration,
     producer: DatabaseConnection,
     consumer: DatabaseConnection,
 ) -> Vec<usize> {
@@ -34,8 +40,8 @@ async fn batches_of_two_events(
     let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
     bus.consume("linger", subscriptions, &tracker, shutdown.clone());
     tracker.spawn(Relay::new(producer.clone(), bus.clone(), &outbox).run(shutdown.clone()));
-    // The relay's first pass (over an empty outbox) is over: the next waits for a commit.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The relay's first pass (over an empty outbox) ends at once: the next waits for a commit.
+    tokio::time::sleep(idle).await;
 
     produce(&producer, &outbox, 1, 1).await;
     tokio::time::sleep(GAP).await;
@@ -50,28 +56,23 @@ async fn batches_of_two_events(
 }
 
 #[tokio::test]
-async fn rabbitmq_events_within_the_linger_travel_and_apply_together() {
-    let bus = rabbit(&fresh_bus_names()).with_batch_linger(LINGER);
-    assert_eq!(
-        batches_of_two_events(bus, postgres().await, postgres().await).await,
-        [2]
-    );
-
-    let alone = rabbit(&fresh_bus_names()).with_batch_linger(Duration::ZERO);
-    assert_eq!(
-        batches_of_two_events(alone, postgres().await, postgres().await).await,
-        [1, 1]
-    );
+async fn rabbitmq_events_within_the_linger_of_a_busy_hop_travel_and_apply_together() {
+    let rabbit_with = |linger| rabbit(&fresh_bus_names()).with_batch_linger(linger);
+    let busy = batches_of_two_events(rabbit_with(LINGER), BUSY, postgres().await, postgres().await).await;
+    assert_eq!(busy, [2]);
+    let quiet = batches_of_two_events(rabbit_with(LINGER), QUIET, postgres().await, postgres().await).await;
+    assert_eq!(quiet, [1, 1], "after a quiet spell the first event goes at once");
+    let none = batches_of_two_events(rabbit_with(Duration::ZERO), BUSY, postgres().await, postgres().await).await;
+    assert_eq!(none, [1, 1]);
 }
 
 #[tokio::test]
-async fn in_process_events_within_the_linger_travel_and_apply_together() {
-    let bus = EventBus::in_process().with_batch_linger(LINGER);
-    assert_eq!(batches_of_two_events(bus, sqlite().await, sqlite().await).await, [2]);
-
-    let alone = EventBus::in_process().with_batch_linger(Duration::ZERO);
-    assert_eq!(
-        batches_of_two_events(alone, sqlite().await, sqlite().await).await,
-        [1, 1]
-    );
+async fn in_process_events_within_the_linger_of_a_busy_hop_travel_and_apply_together() {
+    let in_process_with = |linger| EventBus::in_process().with_batch_linger(linger);
+    let busy = batches_of_two_events(in_process_with(LINGER), BUSY, sqlite().await, sqlite().await).await;
+    assert_eq!(busy, [2]);
+    let quiet = batches_of_two_events(in_process_with(LINGER), QUIET, sqlite().await, sqlite().await).await;
+    assert_eq!(quiet, [1, 1], "after a quiet spell the first event goes at once");
+    let none = batches_of_two_events(in_process_with(Duration::ZERO), BUSY, sqlite().await, sqlite().await).await;
+    assert_eq!(none, [1, 1]);
 }
