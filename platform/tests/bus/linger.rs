@@ -1,6 +1,7 @@
 //! A busy relay or consumer (given work within the linger of its last batch) waits the linger
 //! for more: events committed within it leave in one pass and are applied as one batch. After a
 //! quiet spell, or without a linger, each goes at once, alone.
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,24 +56,34 @@ async fn batches_of_two_events(
     batches.lock().unwrap().clone()
 }
 
+/// The three cases on the bus `bus_with(linger)` makes, over databases `database` makes.
+async fn check_batches<D, F>(bus_with: impl Fn(Duration) -> EventBus, database: D)
+where
+    D: Fn() -> F,
+    F: Future<Output = DatabaseConnection>,
+{
+    let cases = [
+        (LINGER, BUSY, vec![2], "busy: the second event waits for the first"),
+        (
+            LINGER,
+            QUIET,
+            vec![1, 1],
+            "after a quiet spell the first event goes at once",
+        ),
+        (Duration::ZERO, BUSY, vec![1, 1], "no linger: each goes at once"),
+    ];
+    for (linger, idle, expected, what) in cases {
+        let batches = batches_of_two_events(bus_with(linger), idle, database().await, database().await).await;
+        assert_eq!(batches, expected, "{what}");
+    }
+}
+
 #[tokio::test]
 async fn rabbitmq_events_within_the_linger_of_a_busy_hop_travel_and_apply_together() {
-    let rabbit_with = |linger| rabbit(&fresh_bus_names()).with_batch_linger(linger);
-    let busy = batches_of_two_events(rabbit_with(LINGER), BUSY, postgres().await, postgres().await).await;
-    assert_eq!(busy, [2]);
-    let quiet = batches_of_two_events(rabbit_with(LINGER), QUIET, postgres().await, postgres().await).await;
-    assert_eq!(quiet, [1, 1], "after a quiet spell the first event goes at once");
-    let none = batches_of_two_events(rabbit_with(Duration::ZERO), BUSY, postgres().await, postgres().await).await;
-    assert_eq!(none, [1, 1]);
+    check_batches(|linger| rabbit(&fresh_bus_names()).with_batch_linger(linger), postgres).await;
 }
 
 #[tokio::test]
 async fn in_process_events_within_the_linger_of_a_busy_hop_travel_and_apply_together() {
-    let in_process_with = |linger| EventBus::in_process().with_batch_linger(linger);
-    let busy = batches_of_two_events(in_process_with(LINGER), BUSY, sqlite().await, sqlite().await).await;
-    assert_eq!(busy, [2]);
-    let quiet = batches_of_two_events(in_process_with(LINGER), QUIET, sqlite().await, sqlite().await).await;
-    assert_eq!(quiet, [1, 1], "after a quiet spell the first event goes at once");
-    let none = batches_of_two_events(in_process_with(Duration::ZERO), BUSY, sqlite().await, sqlite().await).await;
-    assert_eq!(none, [1, 1]);
+    check_batches(|linger| EventBus::in_process().with_batch_linger(linger), sqlite).await;
 }
