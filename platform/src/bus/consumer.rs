@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
 use library_proto::DomainEvent;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
@@ -21,9 +22,36 @@ use tracing::Instrument;
 
 use super::outbox::ProcessedEvents;
 use super::{EventEnvelope, Outbox};
+use crate::drain::linger_if_busy;
 
 /// Attempts before a failing message goes to the dead-letter queue.
 const MAX_ATTEMPTS: u32 = 5;
+/// Deliveries applied in one transaction at most.
+const BATCH: usize = 64;
+
+/// A transport's `deliveries` in the batches a consumer applies, up to [`BATCH`] each: what is
+/// ready when the first delivery comes, and, when the consumer is busy, what follows within
+/// `linger` of it ([`linger_if_busy`], counted from when the previous batch was done, which is
+/// when the next is asked for).
+pub(super) fn lingering_batches<S>(deliveries: S, linger: Duration) -> impl Stream<Item = Vec<S::Item>>
+where
+    S: Stream,
+{
+    futures::stream::unfold(Box::pin(deliveries.fuse()), move |mut deliveries| async move {
+        let free_since = tokio::time::Instant::now();
+        let first = deliveries.next().await?;
+        let deadline = tokio::time::Instant::now() + linger_if_busy(free_since, linger);
+        let mut batch = vec![first];
+        // A deadline already past still takes what is ready: the timeout polls the stream first.
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, deliveries.next()).await {
+                Ok(Some(delivery)) => batch.push(delivery),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Some((batch, deliveries))
+    })
+}
 
 /// Why a handler did not apply an event.
 #[derive(Debug, thiserror::Error)]

@@ -6,11 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use super::consumer::lingering_batches;
 use super::{BusError, EventEnvelope, Subscriptions, dead_letters};
-use crate::drain::linger_if_busy;
 
 pub(super) struct Delivery {
     envelope: EventEnvelope,
@@ -84,37 +86,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Deliveries applied in one transaction at most.
-const BATCH: usize = 64;
-
 /// Pause before trying again to keep a dead letter the database refused.
 const KEEP_RETRY: Duration = Duration::from_millis(500);
 
 pub(super) async fn consume(
     queue: String,
-    mut receiver: mpsc::UnboundedReceiver<Delivery>,
+    receiver: mpsc::UnboundedReceiver<Delivery>,
     subscriptions: Arc<Subscriptions>,
     linger: Duration,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let free_since = tokio::time::Instant::now();
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            delivery = receiver.recv() => match delivery { Some(d) => d, None => break },
-        };
-        // As with RabbitMQ: busy, what arrives within `linger` of the first joins its batch.
-        let deadline = tokio::time::Instant::now() + linger_if_busy(free_since, linger);
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match receiver.try_recv() {
-                Ok(delivery) => batch.push(delivery),
-                Err(_) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(delivery)) => batch.push(delivery),
-                    Ok(None) | Err(_) => break,
-                },
-            }
-        }
+    let deliveries = UnboundedReceiverStream::new(receiver).take_until(shutdown.clone().cancelled_owned());
+    let mut batches = std::pin::pin!(lingering_batches(deliveries, linger));
+    while let Some(batch) = batches.next().await {
         let envelopes: Vec<EventEnvelope> = batch.iter().map(|d| d.envelope.clone()).collect();
         let outcomes = subscriptions.apply_batch(&envelopes).await;
         for (delivery, outcome) in batch.into_iter().zip(outcomes) {

@@ -22,13 +22,11 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::consumer::lingering_batches;
 use super::{BusError, BusNames, EventEnvelope, Subscriptions};
-use crate::drain::linger_if_busy;
 
 /// Deliveries one consumer holds unacknowledged.
 const PREFETCH: u16 = 128;
-/// Deliveries applied in one transaction at most.
-const BATCH: usize = 64;
 /// Batches one consumer applies at once. One: what arrives while a batch is applied becomes the
 /// next, bigger batch, so the same events cost fewer transactions (two at once measured slower
 /// on a saturated two-core machine). Well below the database pool (16) in any case: a batch
@@ -353,7 +351,7 @@ async fn consume_session(
     let dlx = bus.names.dead_letter_exchange();
     // Stop taking deliveries at shutdown; those in flight finish and are acknowledged. A batch
     // (one transaction) is what has arrived, and when busy what arrives within `linger` of its
-    // first delivery, up to BATCH. Batches are acknowledged in delivery order, each with one
+    // first delivery (`lingering_batches`). Batches are acknowledged in delivery order, each with one
     // `multiple` ack: a later batch that commits first waits for the earlier one, so an ack
     // never covers a delivery not yet applied.
     lingering_batches(consumer.take_until(shutdown.clone().cancelled_owned()), linger)
@@ -381,29 +379,6 @@ async fn consume_session(
         })
         .await?;
     close_if_stopping(&channel, shutdown).await
-}
-
-/// The items of `items` in batches of up to [`BATCH`]: what is ready when the first item comes,
-/// and what follows within `linger` of it if the consumer was busy ([`linger_if_busy`], counted
-/// from when the previous batch was done, which is when the next is asked for).
-fn lingering_batches<S>(items: S, linger: Duration) -> impl futures::Stream<Item = Vec<S::Item>>
-where
-    S: futures::Stream,
-{
-    futures::stream::unfold(Box::pin(items.fuse()), move |mut items| async move {
-        let free_since = tokio::time::Instant::now();
-        let first = items.next().await?;
-        let deadline = tokio::time::Instant::now() + linger_if_busy(free_since, linger);
-        let mut batch = vec![first];
-        // A deadline already past still takes what is ready: the timeout polls the item first.
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, items.next()).await {
-                Ok(Some(item)) => batch.push(item),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        Some((batch, items))
-    })
 }
 
 /// After a session's stream ended: `Ok(true)` when it ended because the process stops (the
