@@ -12,9 +12,12 @@ placeholders, decoded. Only these local rewrites are made:
   broker (default amqp://guest:guest@127.0.0.1:5672/%2f), in a vhost of this run when
   rabbitmqctl can make one, else in TEST_AMQP_URL's own vhost;
 - every volumeMount's path (and so LIBRARY_AUDIT_DIR) becomes a temporary directory;
-- a listen address on a port that several Deployments declare (9464, where every gRPC service
-  serves /metrics: each pod has a network of its own, the local processes share one) gets a
-  free port for each process; `Pod.port` tells which, and the checks below go through it.
+- every port a server Deployment declares gets a free local port (the local processes share one
+  network, and the real ports may be taken, e.g. 50052 as the source port of an outgoing
+  connection): a port only one Deployment declares gets one port for the run, and addresses of
+  its Service (book-svc:50051) follow it; a port several declare (9464, where every gRPC service
+  serves /metrics) gets one for each process. `Pod.port` tells which, and the probes and checks
+  below go through it.
 
 As the kubelet would, the process runs as the pod's runAsUser/runAsGroup (when this runs as
 root), with HOSTNAME set to a pod name, in a working directory it cannot write (the read-only
@@ -34,8 +37,7 @@ sleep.
 
 Needs: LIBRARY_BIN_DIR, PostgreSQL (TEST_POSTGRES_URL; trust authentication for `postgres`, and
 `psql`), RabbitMQ (TEST_AMQP_URL; rabbitmqctl, as root or through sudo, for a vhost of the run).
-The servers bind their real ports (50051-50053, 8080), which must be free; the services'
-/metrics get free ports of their own.
+The servers listen on free ports below the kernel's ephemeral range, not on the ones declared.
 """
 
 from __future__ import annotations
@@ -353,7 +355,10 @@ def make_pod(manifests, binaries, databases, name: str, tmp_root: Path, *, drop=
     uid, gid = _pod_identity(spec)
 
     env = manifests.container_env(container, {"metadata.name": pod_name, "status.podIP": "127.0.0.1"})
-    env = {k: _localize(v, manifests) for k, v in env.items()}
+    moved_ports = {}
+    for declared in (p["containerPort"] for p in container.get("ports") or []):
+        moved_ports[declared] = _free_port() if declared in _shared_ports(manifests) else _run_port(declared)
+    env = {k: _localize(v, manifests, moved_ports) for k, v in env.items()}
     if "DATABASE_URL" in env:
         env["DATABASE_URL"] = databases(name)
     if "AMQP_URL" in env:
@@ -370,14 +375,6 @@ def make_pod(manifests, binaries, databases, name: str, tmp_root: Path, *, drop=
         for path, local in mounts.items():
             if value == path or value.startswith(path.rstrip("/") + "/"):
                 env[key] = str(local) + value[len(path.rstrip("/")):]
-
-    moved_ports = {}
-    shared = _shared_ports(manifests)
-    for key, value in list(env.items()):
-        host, sep, port = value.rpartition(":")
-        if sep and "/" not in value and port.isdigit() and int(port) in shared:
-            moved_ports.setdefault(int(port), _free_port())
-            env[key] = f"{host}:{moved_ports[int(port)]}"
 
     for key in drop:
         env.pop(key, None)
@@ -457,40 +454,61 @@ def _is_cluster_host(host: str | None, manifests) -> bool:
     return host in _cluster_hosts(manifests) or host.endswith((".svc", ".svc.cluster.local"))
 
 
-def _localize(value: str, manifests) -> str:
-    """In-cluster host names -> 127.0.0.1, in URLs and in bare host:port values."""
+def _localize(value: str, manifests, own_ports: dict[int, int]) -> str:
+    """In-cluster host names -> 127.0.0.1, in URLs and in bare host:port values, with a server's
+    Service port -> the local port of the port it targets; this pod's own listen addresses
+    (host:port without a scheme) -> its local ports."""
     if "://" in value:
         url = urlsplit(value)
         if _is_cluster_host(url.hostname, manifests):
             userinfo = url.netloc.rsplit("@", 1)[0] + "@" if "@" in url.netloc else ""
-            port = f":{url.port}" if url.port else ""
+            port = f":{_service_port(url.hostname, url.port, manifests)}" if url.port else ""
             return urlunsplit(url._replace(netloc=f"{userinfo}127.0.0.1{port}"))
         return value
     host, sep, port = value.rpartition(":")
     if sep and port.isdigit() and _is_cluster_host(host, manifests):
-        return f"127.0.0.1:{port}"
+        return f"127.0.0.1:{_service_port(host, int(port), manifests)}"
+    if sep and "/" not in value and port.isdigit() and int(port) in own_ports:
+        return f"{host}:{own_ports[int(port)]}"
     return value
+
+
+def _service_port(host: str, port: int, manifests) -> int:
+    """The local port behind `host:port` when host names a server's Service; else `port`."""
+    service = manifests.find("Service", host.rstrip(".").split(".")[0])
+    if service is None:
+        return port
+    for workload in manifests.workloads_selected_by(service):
+        name = workload["metadata"]["name"]
+        if workload.get("kind") != "Deployment" or name not in SERVERS:
+            continue
+        for entry in service["spec"]["ports"]:
+            if entry["port"] == port:
+                target = container_port(manifests.server_container(name), entry.get("targetPort", port))
+                return _run_port(target)
+    return port
 
 
 # --- probes, as the kubelet runs them ---------------------------------------------------------
 
 
-def run_probe(container: dict, probe: dict) -> tuple[bool, str]:
-    answered, ok, detail = probe_once(container, probe)
+def run_probe(pod: Pod, probe: dict) -> tuple[bool, str]:
+    answered, ok, detail = probe_once(pod, probe)
     return answered and ok, detail
 
 
-def probe_once(container: dict, probe: dict) -> tuple[bool, bool, str]:
+def probe_once(pod: Pod, probe: dict) -> tuple[bool, bool, str]:
     """One probe, on a new connection as the kubelet makes it: (answered, succeeded, detail).
     Not answered: nothing listens, or the connection broke or timed out."""
     timeout = probe.get("timeoutSeconds", 1)
+    container = pod.container
     try:
         if "grpc" in probe:
-            status = health_status(probe["grpc"]["port"], probe["grpc"].get("service", ""), timeout)
+            status = health_status(pod.port(probe["grpc"]["port"]), probe["grpc"].get("service", ""), timeout)
             return True, status == "SERVING", status
         if "httpGet" in probe:
             get = probe["httpGet"]
-            port = container_port(container, get["port"])
+            port = pod.port(container_port(container, get["port"]))
             request = urllib.request.Request(f"http://127.0.0.1:{port}{get.get('path', '/')}")
             for header in get.get("httpHeaders") or []:
                 request.add_header(header["name"], header["value"])
@@ -501,7 +519,7 @@ def probe_once(container: dict, probe: dict) -> tuple[bool, bool, str]:
             except urllib.error.HTTPError as e:
                 return True, 200 <= e.code < 400, f"HTTP {e.code}"
         if "tcpSocket" in probe:
-            port = container_port(container, probe["tcpSocket"]["port"])
+            port = pod.port(container_port(container, probe["tcpSocket"]["port"]))
             connected = _can_connect(("127.0.0.1", port), timeout)
             return connected, connected, "tcp"
         return False, False, f"unsupported probe {sorted(probe)}"
@@ -536,7 +554,7 @@ def await_probe(pod: Pod, kind: str, budget: float | None = None) -> str:
     while True:
         if pod.process.poll() is not None:
             pytest.fail(f"{pod.name} exited with {pod.process.returncode} before its {kind} passed:\n{pod.tail()}")
-        ok, last = run_probe(pod.container, probe)
+        ok, last = run_probe(pod, probe)
         if ok:
             return last
         if time.monotonic() > deadline:
@@ -589,6 +607,16 @@ def _free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port in 20000..32000")
+
+
+_RUN_PORTS: dict[int, int] = {}
+
+
+def _run_port(declared: int) -> int:
+    """The local port of a port only one Deployment declares, the same for the whole run."""
+    if declared not in _RUN_PORTS:
+        _RUN_PORTS[declared] = _free_port()
+    return _RUN_PORTS[declared]
 
 
 # --- the running system -----------------------------------------------------------------------
@@ -793,7 +821,7 @@ def test_server_serves_metrics_where_prometheus_scrapes(system, name):
     not the health checks the probes made)."""
     pod = system[name]
     await_probe(pod, "readinessProbe", budget=30)
-    serving = pod.container["ports"][0]["containerPort"]
+    serving = pod.port(pod.container["ports"][0]["containerPort"])
     send, close = grpc_caller(serving, LOAD_CALLS[name]) if name in LOAD_CALLS else graphql_caller(serving)
     try:
         answered, detail = send()
@@ -832,8 +860,8 @@ def test_server_listens_where_its_listen_variable_says(system, manifests, binari
             if time.monotonic() > deadline:
                 pytest.fail(f"{name} with {variable}=127.0.0.1:{port} listens on {sorted(ports)}:\n{pod.tail()}")
             time.sleep(0.25)
-        manifest_ports = {p["containerPort"] for p in pod.container["ports"]}
-        assert not (ports & manifest_ports), f"{name} also listens on {sorted(ports & manifest_ports)}"
+        default = pod.port(pod.container["ports"][0]["containerPort"])  # where it would be without the override
+        assert default not in ports, f"{name} also listens on {default}, the manifest's address"
     finally:
         stop(pod, signal.SIGTERM)
 
@@ -920,7 +948,7 @@ def test_sigterm_drains_and_exits_zero_within_the_grace_period(system, name):
     assert delay >= 1, f"{name}: the manifest sets LIBRARY_SHUTDOWN_DELAY={delay:g}; this test needs 1s or more"
     serving_for = delay / 2  # after SIGTERM, at least
     readiness = probes(pod.container)["readinessProbe"]
-    port = pod.container["ports"][0]["containerPort"]
+    port = pod.port(pod.container["ports"][0]["containerPort"])
     await_probe(pod, "readinessProbe", budget=30)
 
     def caller():
@@ -947,13 +975,13 @@ def test_sigterm_drains_and_exits_zero_within_the_grace_period(system, name):
         # The readiness probe, as the kubelet runs it, but every PROBE_INTERVAL.
         while pod.process.poll() is None and time.monotonic() < signalled + budget:
             asked = time.monotonic()
-            answered, ok, detail = probe_once(pod.container, readiness)
+            answered, ok, detail = probe_once(pod, readiness)
             probe_log.append((asked - signalled, answered, ok, detail))
             if answered and not ok and not_ready_at is None:
                 not_ready_at = time.monotonic()
                 if "grpc" in readiness:  # every service name, not only the probe's ""
                     service = LOAD_CALLS[name].split("/")[1]
-                    named_status = (service, _health_or_error(readiness["grpc"]["port"], service))
+                    named_status = (service, _health_or_error(pod.port(readiness["grpc"]["port"]), service))
             time.sleep(max(0.0, asked + PROBE_INTERVAL - time.monotonic()))
         try:
             code = pod.process.wait(timeout=max(0.0, signalled + budget - time.monotonic()))
