@@ -3,9 +3,10 @@
 #
 # Builds book-svc, borrow-svc, dashboard-svc, graphql-gateway and library-load; creates fresh
 # databases; starts the processes on non-default ports (so a running demo is left alone) and times
-# their start-to-ready; runs the load scenarios; samples each process's RSS; prints a summary;
-# runs pgbench on a scratch database for reference; stops the processes with SIGTERM and checks
-# they exit 0; drops everything it created.
+# their start-to-ready; runs the load scenarios; samples each process's RSS; prints a summary,
+# with each saga hop's latency during each scenario read off the services' /metrics (served on
+# the gRPC port + 10); runs pgbench on a scratch database for reference; stops the processes with
+# SIGTERM and checks they exit 0; drops everything it created.
 #
 # Usage: ci/bench.sh [--debug] [--duration 10s] [--events 20000] [--no-gateway] [--keep-logs]
 #                    [--only SCENARIO[,SCENARIO…]]   (check-stock, borrow, borrow-at-rate, events,
@@ -88,6 +89,12 @@ BOOK_ADDR=${BENCH_BOOK_ADDR:-127.0.0.1:21051}
 BORROW_ADDR=${BENCH_BORROW_ADDR:-127.0.0.1:21052}
 DASHBOARD_ADDR=${BENCH_DASHBOARD_ADDR:-127.0.0.1:21053}
 GATEWAY_ADDR=${BENCH_GATEWAY_ADDR:-127.0.0.1:18080}
+# Each service's Prometheus /metrics, as in the manifests (the port is the gRPC port + 10).
+declare -A METRICS_ADDR=(
+  [book-svc]="${BOOK_ADDR%:*}:$((${BOOK_ADDR##*:} + 10))"
+  [borrow-svc]="${BORROW_ADDR%:*}:$((${BORROW_ADDR##*:} + 10))"
+  [dashboard-svc]="${DASHBOARD_ADDR%:*}:$((${DASHBOARD_ADDR##*:} + 10))"
+)
 READY_LIMIT_S=60
 
 SERVICES=(book-svc borrow-svc dashboard-svc)
@@ -170,7 +177,7 @@ start() {
     BOOK_GRPC_ADDR="$BOOK_ADDR" BORROW_GRPC_ADDR="$BORROW_ADDR" \
     DASHBOARD_GRPC_ADDR="$DASHBOARD_ADDR" GATEWAY_HTTP_ADDR="$GATEWAY_ADDR" \
     BOOK_SVC_URL="http://$BOOK_ADDR" BORROW_SVC_URL="http://$BORROW_ADDR" \
-    DASHBOARD_SVC_URL="http://$DASHBOARD_ADDR" "$@" \
+    DASHBOARD_SVC_URL="http://$DASHBOARD_ADDR" ${METRICS_ADDR[$name]:+METRICS_ADDR="${METRICS_ADDR[$name]}"} "$@" \
     "$BIN/$name" >"$WORK/$name.log" 2>&1 &
   PID[$name]=$!
   CHECK[$name]=$check
@@ -267,13 +274,25 @@ cpu_ticks() {
     if [[ -n ${PID[$name]:-} ]]; then echo "$name $(ticks_of "/proc/${PID[$name]}/stat")"; fi
   done
 }
+# Each service's event-bus histograms now, one "SERVICE SERIES LE COUNT" line per bucket.
+event_buckets() {
+  local name
+  for name in "${SERVICES[@]}"; do
+    curl -s --max-time 2 "http://${METRICS_ADDR[$name]}/metrics" |
+      awk -v s="$name" '/^events_[a-z_]*_seconds_bucket/ {
+        series = $1; sub(/_bucket\{/, "{", series); le = series; sub(/.*le="/, "", le); sub(/".*/, "", le)
+        sub(/,?le="[^"]*"/, "", series); print s, series, le, $2 }'
+  done
+}
 # scenario NAME ARGS... : runs one library-load subcommand, printing its report and keeping the
-# JSON for the summary, and the cores each process used meanwhile (warm-up included).
+# JSON for the summary, the cores each process used meanwhile (warm-up included) and how the
+# saga's hops went meanwhile (the event-bus histograms' growth).
 scenario() {
   local name=$1 before started
   shift
   [[ -z $ONLY || $ONLY == *",$name,"* ]] || return 0
   log "scenario $name: library-load $*"
+  event_buckets >"$WORK/$name.buckets-before"
   before=$(cpu_ticks)
   started=$(now_ms)
   if "$BIN/library-load" "$@" --json-file "$WORK/$name.json"; then
@@ -282,6 +301,7 @@ scenario() {
     awk -v hz="$CLK_TCK" -v ms=$(($(now_ms) - started)) 'NR == FNR {t[$1] = $2; next}
       $1 in t {printf "%s %.2f\n", $1, ($2 - t[$1]) / hz / (ms / 1000)}' \
       <(echo "$before") <(cpu_ticks) >"$WORK/$name.cpu"
+    event_buckets >"$WORK/$name.buckets-after"
   else
     fail "scenario $name failed"
   fi
@@ -403,6 +423,25 @@ for name in "${SCENARIOS[@]}"; do
   awk -v rps="$rps" '$1 == "machine" {busy = $2; next} {listed += $2}
     END {printf " %9.2f %9s\n", busy - listed, (rps > 0) ? sprintf("%.2f", busy * 1000 / rps) : "-"}' \
     "$WORK/$name.cpu"
+done
+echo
+
+echo "== saga hops during each scenario (warm-up included), from the services' histograms: a"
+echo "   relay's batch publication until the broker confirmed it, and an event's lag from its"
+echo "   transaction to its consumer's commit; ms, as the upper bound of the bucket the quantile is in"
+printf '%-22s %-14s %-44s %8s %7s %7s\n' scenario service series count p50 p99
+for name in "${SCENARIOS[@]}"; do
+  [[ -f $WORK/$name.buckets-after ]] || continue
+  awk -v scenario="$name" 'FILENAME == ARGV[1] {before[$1 " " $2 " " $3] = $4; next}
+    {key = $1 " " $2; d = $4 - before[$1 " " $2 " " $3]; if (!(key in seen)) {seen[key] = 1; order[++n] = key}
+     les[key] = les[key] " " $3; count[key, $3] = d; if ($3 == "+Inf") total[key] = d}
+    function quantile(key, q,    m, i, parts) {
+      m = split(les[key], parts, " ")
+      for (i = 1; i <= m; i++) if (count[key, parts[i]] >= q * total[key]) return parts[i] == "+Inf" ? "inf" : parts[i] * 1000
+    }
+    END {for (i = 1; i <= n; i++) {key = order[i]; if (total[key] == 0) continue; split(key, k, " ")
+      printf "%-22s %-14s %-44s %8d %7s %7s\n", scenario, k[1], k[2], total[key], quantile(key, 0.5), quantile(key, 0.99)}}' \
+    "$WORK/$name.buckets-before" "$WORK/$name.buckets-after"
 done
 echo
 

@@ -36,12 +36,15 @@ GATEWAY_METRICS = {
 }
 # What each gRPC service exports (on METRICS_ADDR), as the platform records it.
 # platform/src/metrics.rs: per call a service answers (health and reflection not counted);
-# bus/relay.rs: per event the outbox relay published; bus/consumer.rs: per delivery consumed.
+# bus/relay.rs: per event the outbox relay published, and per batch how long until confirmed;
+# bus/consumer.rs: per delivery consumed, and its lag since the event was written.
 SERVICE_METRICS = {
     "grpc_server_requests_total": ("counter", {"method", "code"}),
     "grpc_server_request_duration_seconds": ("histogram", {"method"}),
     "events_published_total": ("counter", set()),
     "events_consumed_total": ("counter", {"consumer", "outcome"}),
+    "events_publish_seconds": ("histogram", set()),
+    "events_consumed_lag_seconds": ("histogram", {"consumer"}),
 }
 # tonic's Code in Debug form, as both the gateway's client metrics and the services' server
 # metrics name a call's status.
@@ -65,6 +68,7 @@ LABEL_VALUES = {
     "grpc_server_request_duration_seconds": {"method": "from proto"},
     # consumer.rs: the Subscriptions' name; "applied", or "dead_lettered" when it went to the DLQ.
     "events_consumed_total": {"consumer": CONSUMERS, "outcome": {"applied", "dead_lettered"}},
+    "events_consumed_lag_seconds": {"consumer": CONSUMERS},
 }
 # Series from kube-state-metrics (installed by prometheus-values.yaml).
 OTHER_METRICS = {"kube_deployment_status_replicas_ready": ("gauge", {"deployment", "namespace"})}

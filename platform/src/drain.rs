@@ -80,13 +80,8 @@ impl TableDrain {
     }
 
     /// One pass: hands up to one batch of the oldest rows, in id order, to `hand_over`, and
-    /// deletes them once it succeeded; returns how many it handed over.
-    ///
-    /// On PostgreSQL the pass is one transaction that deletes the oldest rows not locked by
-    /// another pass (`FOR UPDATE SKIP LOCKED`, so replicas never hand over the same row at once),
-    /// hands over what the delete returned, and commits only once `hand_over` succeeded; a failure
-    /// rolls the delete back. SQLite has a single process and a single writer: the rows are read,
-    /// handed over, then deleted.
+    /// deletes them once it succeeded ([`TableDrain::take`], then [`Taken::done`]); returns how
+    /// many it handed over.
     ///
     /// # Errors
     /// The database failed, or `hand_over` did: nothing was removed.
@@ -96,8 +91,45 @@ impl TableDrain {
         F: FnOnce(Vec<QueryResult>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
+        let Some(mut taken) = self.take(db).await? else {
+            return Ok(0);
+        };
+        let count = taken.rows.len();
+        hand_over(std::mem::take(&mut taken.rows)).await?;
+        taken.done().await?;
+        Ok(count)
+    }
+
+    /// Takes up to one batch of the oldest rows, in id order (none: the table is empty); they
+    /// are removed only by [`Taken::done`], once handed over.
+    ///
+    /// On PostgreSQL this opens a transaction that deletes the oldest rows not locked by another
+    /// pass (`FOR UPDATE SKIP LOCKED`, so passes of this or another replica never take the same
+    /// row at once, and the next pass may take the next rows while these are handed over);
+    /// `done` commits it, and dropping the [`Taken`] rolls the delete back. SQLite has a single
+    /// process and a single writer: the rows are read, and `done` deletes them.
+    ///
+    /// # Errors
+    /// The database failed; nothing was taken.
+    pub async fn take(&self, db: &DatabaseConnection) -> Result<Option<Taken>, DbErr> {
         if db.get_database_backend() != DbBackend::Postgres {
-            return self.read_hand_over_delete(db, hand_over).await;
+            let select = self
+                .oldest_ids()
+                .columns(self.columns.iter().skip(1).cloned())
+                .to_owned();
+            let rows = db.query_all(&select).await?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let ids = rows.iter().map(|row| self.id_of(row)).collect::<Result<Vec<_>, _>>()?;
+            let delete = Query::delete()
+                .from_table(self.table.clone())
+                .and_where(Expr::col(self.id.clone()).is_in(ids))
+                .to_owned();
+            return Ok(Some(Taken {
+                rows,
+                removal: Removal::Delete(db.clone(), Box::new(delete)),
+            }));
         }
         let txn = db.begin().await?;
         // The commit only deletes rows already handed over: if a database crash loses it, they
@@ -107,7 +139,7 @@ impl TableDrain {
         let rows = txn.query_all(&self.take_oldest()).await?;
         if rows.is_empty() {
             txn.commit().await?;
-            return Ok(0);
+            return Ok(None);
         }
         // RETURNING follows no order; the table's is the ids'.
         let mut by_id = rows
@@ -115,35 +147,10 @@ impl TableDrain {
             .map(|row| Ok((self.id_of(&row)?, row)))
             .collect::<Result<Vec<_>, DbErr>>()?;
         by_id.sort_unstable_by_key(|(id, _)| *id);
-        let rows: Vec<QueryResult> = by_id.into_iter().map(|(_, row)| row).collect();
-        let count = rows.len();
-        hand_over(rows).await?;
-        txn.commit().await?;
-        Ok(count)
-    }
-
-    async fn read_hand_over_delete<E, F, Fut>(&self, db: &DatabaseConnection, hand_over: F) -> Result<usize, E>
-    where
-        E: From<DbErr>,
-        F: FnOnce(Vec<QueryResult>) -> Fut,
-        Fut: Future<Output = Result<(), E>>,
-    {
-        let select = self
-            .oldest_ids()
-            .columns(self.columns.iter().skip(1).cloned())
-            .to_owned();
-        let rows = db.query_all(&select).await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let ids = rows.iter().map(|row| self.id_of(row)).collect::<Result<Vec<_>, _>>()?;
-        hand_over(rows).await?;
-        let delete = Query::delete()
-            .from_table(self.table.clone())
-            .and_where(Expr::col(self.id.clone()).is_in(ids.iter().copied()))
-            .to_owned();
-        db.execute(&delete).await?;
-        Ok(ids.len())
+        Ok(Some(Taken {
+            rows: by_id.into_iter().map(|(_, row)| row).collect(),
+            removal: Removal::Commit(txn),
+        }))
     }
 
     /// What a pass runs on PostgreSQL: deletes the oldest batch of rows that no other pass has
@@ -180,6 +187,43 @@ impl TableDrain {
 
     fn id_of(&self, row: &QueryResult) -> Result<i64, DbErr> {
         row.try_get("", &self.id.to_string())
+    }
+}
+
+/// A batch [`TableDrain::take`] took: its rows, in id order, and how they are removed.
+pub struct Taken {
+    rows: Vec<QueryResult>,
+    removal: Removal,
+}
+
+enum Removal {
+    /// PostgreSQL: the transaction that deleted (and so locks) the rows.
+    Commit(sea_orm::DatabaseTransaction),
+    /// SQLite: the delete to run once they are handed over.
+    Delete(DatabaseConnection, Box<DeleteStatement>),
+}
+
+impl Taken {
+    /// The rows taken, oldest first.
+    pub fn rows(&self) -> &[QueryResult] {
+        &self.rows
+    }
+
+    /// True when the rows stay locked until [`Taken::done`] (PostgreSQL): the next pass may
+    /// take the next rows meanwhile. On SQLite it would take these again.
+    pub fn locks_rows(&self) -> bool {
+        matches!(self.removal, Removal::Commit(_))
+    }
+
+    /// Removes the rows: they have been handed over.
+    ///
+    /// # Errors
+    /// The database failed; the rows stay and are handed over again.
+    pub async fn done(self) -> Result<(), DbErr> {
+        match self.removal {
+            Removal::Commit(txn) => txn.commit().await,
+            Removal::Delete(db, delete) => db.execute(delete.as_ref()).await.map(|_| ()),
+        }
     }
 }
 

@@ -43,13 +43,21 @@ impl MetricsArgs {
 /// The latency buckets of every `*_duration_seconds` histogram, in seconds.
 const BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
+/// The buckets of the event bus's histograms (a batch's publication until the broker confirmed
+/// it, an event's lag until its consumer applied it), in seconds: finer where a saga hop's
+/// latency lies (a few to a hundred milliseconds), and up to a minute for a backlog.
+const EVENT_BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
 /// The process's Prometheus recorder, installed on first use (one per process: the all-in-one's
 /// services and gateway, and every service a test starts, share it).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &BUCKETS)
+            .set_buckets_for_metric(Matcher::Prefix("events_".into()), &EVENT_BUCKETS)
+            .and_then(|builder| builder.set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &BUCKETS))
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

@@ -254,6 +254,12 @@ impl Subscriptions {
         }
         let outcomes: Vec<Result<(), String>> = outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
         let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        let lag = metrics::histogram!("events_consumed_lag_seconds", "consumer" => self.consumer.clone());
+        let now = chrono::Utc::now();
+        for (envelope, _) in batch.iter().zip(&outcomes).filter(|(_, outcome)| outcome.is_ok()) {
+            // Another host's clock may run ahead of this one's: no negative lag.
+            lag.record((now - envelope.occurred_at).to_std().unwrap_or_default().as_secs_f64());
+        }
         metrics::counter!("events_consumed_total", "consumer" => self.consumer.clone(), "outcome" => "applied")
             .increment((outcomes.len() - failed) as u64);
         if failed > 0 {

@@ -47,7 +47,8 @@ impl MemoryBus {
         receiver
     }
 
-    pub(super) async fn publish(&self, batch: &[EventEnvelope]) -> Result<(), BusError> {
+    /// Hands `batch` to the queues; the receivers answer once each durable consumer committed.
+    pub(super) fn send(&self, batch: &[EventEnvelope]) -> Result<Vec<oneshot::Receiver<()>>, BusError> {
         let mut acks = Vec::new();
         {
             let mut queues = lock(&self.queues);
@@ -75,11 +76,16 @@ impl MemoryBus {
                 }
             }
         }
-        for ack in acks {
-            ack.await.map_err(|_| BusError::ConsumerGone)?;
-        }
-        Ok(())
+        Ok(acks)
     }
+}
+
+/// Waits until every consumer [`MemoryBus::send`] handed an event to has committed it.
+pub(super) async fn confirmed(acks: Vec<oneshot::Receiver<()>>) -> Result<(), BusError> {
+    for ack in acks {
+        ack.await.map_err(|_| BusError::ConsumerGone)?;
+    }
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

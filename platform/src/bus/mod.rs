@@ -131,6 +131,29 @@ enum Transport {
 /// three alternating runs. At 50 borrows/s a loan is still ACTIVE ~6 ms after the reply.
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(10);
 
+/// A batch [`EventBus::send`] sent, until the transport confirmed it.
+#[must_use = "a batch is delivered only once confirmed"]
+pub struct Sending(SendingTo);
+
+enum SendingTo {
+    Rabbit(Arc<rabbit::RabbitBus>, rabbit::Sent),
+    Memory(Vec<tokio::sync::oneshot::Receiver<()>>),
+}
+
+impl Sending {
+    /// Waits until the transport confirmed every message of the batch: the broker persisted it,
+    /// or every in-process consumer committed it.
+    ///
+    /// # Errors
+    /// The broker refused a message or the connection failed; nothing is known to be delivered.
+    pub async fn confirmed(self) -> Result<(), BusError> {
+        match self.0 {
+            SendingTo::Rabbit(bus, sent) => bus.confirmed(sent).await,
+            SendingTo::Memory(acks) => memory::confirmed(acks).await,
+        }
+    }
+}
+
 /// The seam every service talks to; it never sees lapin.
 #[derive(Clone)]
 pub struct EventBus {
@@ -194,10 +217,20 @@ impl EventBus {
     /// # Errors
     /// The broker is unreachable or refused a message; nothing is known to be delivered.
     pub async fn publish(&self, batch: &[EventEnvelope]) -> Result<(), BusError> {
-        match &self.transport {
-            Transport::Rabbit(bus) => bus.publish(batch).await,
-            Transport::Memory(bus) => bus.publish(batch).await,
-        }
+        self.send(batch).await?.confirmed().await
+    }
+
+    /// Sends `batch` in order, after every batch sent before it, and returns before the
+    /// transport confirmed it: [`Sending::confirmed`] waits for that. What an outbox relay uses
+    /// to send its next batch while the broker still writes the last one to disk.
+    ///
+    /// # Errors
+    /// The broker is unreachable; nothing is known to be delivered.
+    pub async fn send(&self, batch: &[EventEnvelope]) -> Result<Sending, BusError> {
+        Ok(Sending(match &self.transport {
+            Transport::Rabbit(bus) => SendingTo::Rabbit(bus.clone(), bus.send(batch).await?),
+            Transport::Memory(bus) => SendingTo::Memory(bus.send(batch)?),
+        }))
     }
 
     /// Starts consuming the durable queue `queue` (declared with its bindings and dead-letter

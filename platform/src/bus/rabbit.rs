@@ -35,6 +35,14 @@ const PREFETCH: u16 = 128;
 const BATCHES_IN_FLIGHT: usize = 1;
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
 const PERSISTENT: u8 = 2;
+/// When the event occurred, in microseconds since the Unix epoch.
+const OCCURRED_AT_HEADER: &str = "occurred-at-us";
+
+/// A batch sent on the publisher channel, its confirmations still to come.
+pub(super) struct Sent {
+    channel: Channel,
+    confirms: Vec<(String, PublisherConfirm)>,
+}
 
 pub(super) struct RabbitBus {
     url: String,
@@ -97,27 +105,32 @@ impl RabbitBus {
         Ok(channel)
     }
 
-    pub(super) async fn publish(&self, batch: &[EventEnvelope]) -> Result<(), BusError> {
-        // The channel is held only while the batch is sent, not while the broker confirms it
-        // (it writes persistent messages to disk first), so several relays' batches overlap.
-        let (channel, confirms) = {
-            let mut slot = self.publisher.lock().await;
-            let sent = self.send_on(&mut slot, batch).await;
-            if sent.is_err() {
+    /// Sends `batch` on the publisher channel. The channel is held only while the batch is
+    /// sent, not while the broker confirms it (it writes persistent messages to disk first), so
+    /// batches sent one after the other are confirmed side by side.
+    pub(super) async fn send(&self, batch: &[EventEnvelope]) -> Result<Sent, BusError> {
+        let mut slot = self.publisher.lock().await;
+        match self.send_on(&mut slot, batch).await {
+            Ok((channel, confirms)) => Ok(Sent { channel, confirms }),
+            Err(error) => {
                 // A channel that failed once is not trusted again.
                 *slot = None;
+                Err(error)
             }
-            sent?
-        };
-        for (envelope, confirm) in confirms {
+        }
+    }
+
+    /// Waits for the broker's confirmation of every message of `sent`.
+    pub(super) async fn confirmed(&self, sent: Sent) -> Result<(), BusError> {
+        for (event_id, confirm) in sent.confirms {
             let confirmed = match confirm.await {
                 Ok(confirmation) if confirmation.is_ack() => Ok(()),
-                Ok(_) => Err(BusError::Nacked(envelope.event_id.clone())),
+                Ok(_) => Err(BusError::Nacked(event_id)),
                 Err(error) => Err(error.into()),
             };
             if confirmed.is_err() {
                 let mut slot = self.publisher.lock().await;
-                if slot.as_ref().is_some_and(|current| current.id() == channel.id()) {
+                if slot.as_ref().is_some_and(|current| current.id() == sent.channel.id()) {
                     *slot = None;
                 }
             }
@@ -128,11 +141,11 @@ impl RabbitBus {
 
     /// Sends `batch` on the publisher channel (opened in confirm mode if there is none), returning
     /// the channel and the broker's confirmation to wait for, one per event.
-    async fn send_on<'b>(
+    async fn send_on(
         &self,
         slot: &mut Option<Channel>,
-        batch: &'b [EventEnvelope],
-    ) -> Result<(Channel, Vec<(&'b EventEnvelope, PublisherConfirm)>), BusError> {
+        batch: &[EventEnvelope],
+    ) -> Result<(Channel, Vec<(String, PublisherConfirm)>), BusError> {
         let channel = match slot.as_ref().filter(|c| c.status().connected()) {
             Some(channel) => channel.clone(),
             None => {
@@ -158,7 +171,7 @@ impl RabbitBus {
                     properties_of(envelope),
                 )
                 .await?;
-            confirms.push((envelope, confirm));
+            confirms.push((envelope.event_id.clone(), confirm));
         }
         Ok((channel, confirms))
     }
@@ -246,6 +259,10 @@ fn properties_of(envelope: &EventEnvelope) -> BasicProperties {
     if let Some(tp) = &envelope.traceparent {
         headers.insert("traceparent".into(), AMQPValue::LongString(tp.as_str().into()));
     }
+    headers.insert(
+        OCCURRED_AT_HEADER.into(),
+        AMQPValue::LongLongInt(envelope.occurred_at.timestamp_micros()),
+    );
     BasicProperties::default()
         .with_message_id(envelope.event_id.as_str().into())
         .with_type(envelope.event_type.as_str().into())
@@ -265,10 +282,20 @@ fn envelope_of(delivery: &Delivery) -> EventEnvelope {
             Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
             _ => None,
         });
+    // The AMQP timestamp has whole seconds; the header, when the publisher set it, microseconds.
     let occurred_at = props
-        .timestamp()
-        .and_then(|t| i64::try_from(t).ok())
-        .and_then(|t| Utc.timestamp_opt(t, 0).single())
+        .headers()
+        .as_ref()
+        .and_then(|h| match h.inner().get(OCCURRED_AT_HEADER) {
+            Some(AMQPValue::LongLongInt(micros)) => Utc.timestamp_micros(*micros).single(),
+            _ => None,
+        })
+        .or_else(|| {
+            props
+                .timestamp()
+                .and_then(|t| i64::try_from(t).ok())
+                .and_then(|t| Utc.timestamp_opt(t, 0).single())
+        })
         .unwrap_or_else(Utc::now);
     EventEnvelope {
         event_id: props

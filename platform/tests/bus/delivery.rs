@@ -52,6 +52,20 @@ async fn every_committed_event_reaches_in_process_consumers_once() {
     assert_eq!(outbox_rows(&producer).await, 0);
     let metrics = library_platform::metrics::prometheus().render();
     assert!(metrics.contains("events_published_total "), "{metrics}");
+    // Each applied event's lag is recorded (other tests of this binary may add to the count),
+    // and each batch's publication.
+    let count = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    assert!(
+        count(r#"events_consumed_lag_seconds_count{consumer="test-consumer"}"#) >= 200.0,
+        "{metrics}"
+    );
+    assert!(count("events_publish_seconds_count") >= 1.0, "{metrics}");
 }
 
 #[tokio::test]
@@ -248,4 +262,49 @@ async fn a_change_and_its_events_inserted_together_commit_or_vanish_together() {
     let inserts = vec![applied("c"), Outbox::insert_of([first]).unwrap()];
     assert!(insert_together(&db, inserts).await.is_err());
     assert!(!consumer.has_applied("c").await);
+}
+
+/// What a consumer reads of an event is what was published, on both transports: its id, type,
+/// payload, trace context and when it occurred, to the microsecond (the AMQP timestamp has
+/// whole seconds; the lag a consumer reports is measured from it).
+#[tokio::test]
+async fn an_event_arrives_as_it_was_published() {
+    for bus in [EventBus::in_process(), rabbit(&fresh_bus_names())] {
+        let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+        bus.listen(
+            &["book.stock_changed"],
+            move |envelope| {
+                let _ = sender.send(envelope);
+            },
+            &tracker,
+            shutdown.clone(),
+        );
+        let mut sent = EventEnvelope::of(&event());
+        sent.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        // Listening starts in the background: publish until it hears.
+        let heard = tokio::time::timeout(WAIT, async {
+            loop {
+                bus.publish(std::slice::from_ref(&sent)).await.unwrap();
+                if let Ok(Some(envelope)) = tokio::time::timeout(Duration::from_millis(200), received.recv()).await {
+                    return envelope;
+                }
+            }
+        })
+        .await
+        .expect("the listener heard nothing");
+        assert_eq!(heard.event_id, sent.event_id);
+        assert_eq!(heard.event_type, sent.event_type);
+        assert_eq!(heard.routing_key, sent.routing_key);
+        assert_eq!(heard.payload, sent.payload);
+        assert_eq!(heard.traceparent, sent.traceparent);
+        assert_eq!(
+            heard.occurred_at.timestamp_micros(),
+            sent.occurred_at.timestamp_micros()
+        );
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        bus.close().await;
+    }
 }

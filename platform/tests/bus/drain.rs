@@ -1,9 +1,9 @@
-//! How a drain pass reads its table on PostgreSQL.
-use library_platform::drain::TableDrain;
+//! How a drain pass reads its table.
+use library_platform::drain::{TableDrain, Taken};
 use sea_orm::sea_query::{Alias, PostgresQueryBuilder};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use crate::helpers::postgres;
+use crate::helpers::{postgres, sqlite};
 
 /// A drained table is all churn: every row written is deleted soon after, and until a vacuum
 /// runs its pages fill with deleted rows. A pass must find its few live rows through the
@@ -50,4 +50,61 @@ async fn a_pass_over_a_table_full_of_deleted_rows_goes_through_the_key_not_the_p
     ids.sort();
     assert_eq!(ids.len(), 10);
     assert_eq!(ids.first().map(String::as_str), Some("e20001"));
+}
+
+/// A relay sends its next batch while the broker still confirms the last: on PostgreSQL a batch
+/// taken meanwhile holds the next rows, never one of those in flight; a batch that was not
+/// handed over (dropped, as when its confirmation fails) comes back first; a finished one is
+/// gone. SQLite locks nothing, so there a batch must be finished before the next is taken.
+#[tokio::test]
+async fn batches_taken_while_others_are_in_flight_never_overlap() {
+    let db = postgres().await;
+    let sql = |s: &str| Statement::from_string(DbBackend::Postgres, s.to_owned());
+    db.execute_raw(sql(
+        "INSERT INTO outbox_events (event_id, event_type, routing_key, payload, occurred_at) \
+         SELECT 'e' || lpad(n::text, 2, '0'), 'StockChanged', 'book.stock_changed', '\\x0a', now() \
+         FROM generate_series(1, 10) AS n",
+    ))
+    .await
+    .unwrap();
+    let drain = TableDrain::new(
+        Alias::new("outbox_events"),
+        Alias::new("id"),
+        [Alias::new("event_id")],
+        4,
+    );
+    let ids = |taken: &Taken| -> Vec<String> {
+        taken
+            .rows()
+            .iter()
+            .map(|row| row.try_get("", "event_id").unwrap())
+            .collect()
+    };
+
+    let first = drain.take(&db).await.unwrap().unwrap();
+    let second = drain.take(&db).await.unwrap().unwrap();
+    assert!(first.locks_rows());
+    assert_eq!(ids(&first), ["e01", "e02", "e03", "e04"]);
+    assert_eq!(ids(&second), ["e05", "e06", "e07", "e08"]);
+    drop(first); // not handed over: its rows return
+    second.done().await.unwrap();
+    let third = drain.take(&db).await.unwrap().unwrap();
+    assert_eq!(ids(&third), ["e01", "e02", "e03", "e04"]);
+    third.done().await.unwrap();
+    let last = drain.take(&db).await.unwrap().unwrap();
+    assert_eq!(ids(&last), ["e09", "e10"]);
+    last.done().await.unwrap();
+    assert!(drain.take(&db).await.unwrap().is_none());
+
+    let lite = sqlite().await;
+    lite.execute_unprepared(
+        "INSERT INTO outbox_events (event_id, event_type, routing_key, payload, occurred_at) \
+         VALUES ('s1', 'StockChanged', 'book.stock_changed', x'0a', '2026-11-26T00:00:00Z')",
+    )
+    .await
+    .unwrap();
+    let taken = drain.take(&lite).await.unwrap().unwrap();
+    assert!(!taken.locks_rows());
+    taken.done().await.unwrap();
+    assert!(drain.take(&lite).await.unwrap().is_none());
 }
