@@ -326,6 +326,11 @@ class Pod:
         return self.moved_ports.get(declared, declared)
 
     @property
+    def serving_port(self) -> int:
+        """Where this process serves its API (the container's first port)."""
+        return self.port(self.container["ports"][0]["containerPort"])
+
+    @property
     def stdout_path(self) -> Path:
         return self.workdir / "stdout.log"
 
@@ -355,9 +360,10 @@ def make_pod(manifests, binaries, databases, name: str, tmp_root: Path, *, drop=
     uid, gid = _pod_identity(spec)
 
     env = manifests.container_env(container, {"metadata.name": pod_name, "status.podIP": "127.0.0.1"})
+    shared = _shared_ports(manifests)
     moved_ports = {}
     for declared in (p["containerPort"] for p in container.get("ports") or []):
-        moved_ports[declared] = _free_port() if declared in _shared_ports(manifests) else _run_port(declared)
+        moved_ports[declared] = _free_port() if declared in shared else _run_port(declared)
     env = {k: _localize(v, manifests, moved_ports) for k, v in env.items()}
     if "DATABASE_URL" in env:
         env["DATABASE_URL"] = databases(name)
@@ -821,7 +827,7 @@ def test_server_serves_metrics_where_prometheus_scrapes(system, name):
     not the health checks the probes made)."""
     pod = system[name]
     await_probe(pod, "readinessProbe", budget=30)
-    serving = pod.port(pod.container["ports"][0]["containerPort"])
+    serving = pod.serving_port
     send, close = grpc_caller(serving, LOAD_CALLS[name]) if name in LOAD_CALLS else graphql_caller(serving)
     try:
         answered, detail = send()
@@ -860,7 +866,7 @@ def test_server_listens_where_its_listen_variable_says(system, manifests, binari
             if time.monotonic() > deadline:
                 pytest.fail(f"{name} with {variable}=127.0.0.1:{port} listens on {sorted(ports)}:\n{pod.tail()}")
             time.sleep(0.25)
-        default = pod.port(pod.container["ports"][0]["containerPort"])  # where it would be without the override
+        default = pod.serving_port  # where it would be without the override
         assert default not in ports, f"{name} also listens on {default}, the manifest's address"
     finally:
         stop(pod, signal.SIGTERM)
@@ -948,7 +954,7 @@ def test_sigterm_drains_and_exits_zero_within_the_grace_period(system, name):
     assert delay >= 1, f"{name}: the manifest sets LIBRARY_SHUTDOWN_DELAY={delay:g}; this test needs 1s or more"
     serving_for = delay / 2  # after SIGTERM, at least
     readiness = probes(pod.container)["readinessProbe"]
-    port = pod.port(pod.container["ports"][0]["containerPort"])
+    port = pod.serving_port
     await_probe(pod, "readinessProbe", budget=30)
 
     def caller():

@@ -45,7 +45,8 @@ const BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 /// The buckets of the event bus's histograms (a batch's publication until the broker confirmed
 /// it, an event's lag until its consumer applied it), in seconds: finer where a saga hop's
-/// latency lies (a few to a hundred milliseconds), and up to a minute for a backlog.
+/// latency lies (a few to a hundred milliseconds), and up to a minute for a backlog. Their names
+/// must not end in `duration_seconds`: a name both matchers take gets either's buckets.
 const EVENT_BUCKETS: [f64; 18] = [
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];

@@ -82,7 +82,6 @@ impl Relay {
         Ok(InFlight {
             taken,
             sending,
-            count: batch.len(),
             sent_at,
         })
     }
@@ -115,7 +114,7 @@ impl Relay {
                 };
                 let pipelined = taken.locks_rows();
                 let flight = self.send(taken).await?;
-                let count = flight.count;
+                let count = flight.taken.rows().len();
                 if pipelined {
                     confirming.spawn(async move {
                         let _permit = permit;
@@ -139,19 +138,19 @@ impl Relay {
 struct InFlight {
     taken: Taken,
     sending: Sending,
-    count: usize,
     sent_at: Instant,
 }
 
 impl InFlight {
     /// Waits for the transport's confirmation, then removes the batch from the outbox.
     async fn finish(self) -> Result<usize, RelayError> {
+        let count = self.taken.rows().len();
         self.sending.confirmed().await?;
         metrics::histogram!("events_publish_seconds").record(self.sent_at.elapsed().as_secs_f64());
         self.taken.done().await?;
-        tracing::debug!(count = self.count, "published an outbox batch");
-        metrics::counter!("events_published_total").increment(self.count as u64);
-        Ok(self.count)
+        tracing::debug!(count, "published an outbox batch");
+        metrics::counter!("events_published_total").increment(count as u64);
+        Ok(count)
     }
 }
 
