@@ -38,6 +38,27 @@ async fn every_committed_event_reaches_rabbitmq_consumers_once() {
 }
 
 #[tokio::test]
+async fn a_backlog_of_full_batches_reaches_rabbitmq_consumers_once() {
+    // Committed before the relay starts: its first passes take full batches (each confirmed
+    // before the next is taken), the last a partial one (sent while others may be in flight).
+    let (producer, consumer_db) = (postgres().await, postgres().await);
+    let bus = rabbit(&fresh_bus_names());
+    let outbox = Outbox::default();
+    produce(&producer, &outbox, 600, 100).await;
+    assert_eq!(outbox_rows(&producer).await, 600);
+    let consumer = Consumer::new(consumer_db);
+    let _running = start(&bus, &producer, &outbox, &consumer, "backlog");
+
+    assert!(
+        eventually(WAIT, || async { consumer.applied().await.0 >= 600 }).await,
+        "{:?}",
+        consumer.applied().await
+    );
+    assert_eq!(consumer.applied().await, (600, 600));
+    assert!(eventually(WAIT, || async { outbox_rows(&producer).await == 0 }).await);
+}
+
+#[tokio::test]
 async fn every_committed_event_reaches_in_process_consumers_once() {
     library_platform::metrics::prometheus();
     let (producer, consumer_db) = (sqlite().await, sqlite().await);
