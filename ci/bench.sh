@@ -428,16 +428,25 @@ echo
 
 echo "== saga hops during each scenario (warm-up included), from the services' histograms: a"
 echo "   relay's batch publication until the broker confirmed it, and an event's lag from its"
-echo "   transaction to its consumer's commit; ms, as the upper bound of the bucket the quantile is in"
+echo "   transaction to its consumer's commit; ms, interpolated within the quantile's bucket (coarse:"
+echo "   the buckets' bounds are 1, 2.5, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 250, 500 ms, …)"
 printf '%-22s %-14s %-44s %8s %7s %7s\n' scenario service series count p50 p99
 for name in "${SCENARIOS[@]}"; do
   [[ -f $WORK/$name.buckets-after ]] || continue
   awk -v scenario="$name" 'FILENAME == ARGV[1] {before[$1 " " $2 " " $3] = $4; next}
     {key = $1 " " $2; d = $4 - before[$1 " " $2 " " $3]; if (!(key in seen)) {seen[key] = 1; order[++n] = key}
      les[key] = les[key] " " $3; count[key, $3] = d; if ($3 == "+Inf") total[key] = d}
-    function quantile(key, q,    m, i, parts) {
-      m = split(les[key], parts, " ")
-      for (i = 1; i <= m; i++) if (count[key, parts[i]] >= q * total[key]) return parts[i] == "+Inf" ? "inf" : parts[i] * 1000
+    # Linear within the bucket the rank falls in, as PromQL histogram_quantile does.
+    function quantile(key, q,    m, i, parts, rank, c, low, below) {
+      m = split(les[key], parts, " "); rank = q * total[key]; low = 0; below = 0
+      for (i = 1; i <= m; i++) {
+        c = count[key, parts[i]]
+        if (c >= rank) {
+          if (parts[i] == "+Inf") return "inf"
+          return sprintf("%.1f", (low + (parts[i] - low) * (c > below ? (rank - below) / (c - below) : 1)) * 1000)
+        }
+        low = parts[i]; below = c
+      }
     }
     END {for (i = 1; i <= n; i++) {key = order[i]; if (total[key] == 0) continue; split(key, k, " ")
       printf "%-22s %-14s %-44s %8d %7s %7s\n", scenario, k[1], k[2], total[key], quantile(key, 0.5), quantile(key, 0.99)}}' \
