@@ -90,10 +90,11 @@ BORROW_ADDR=${BENCH_BORROW_ADDR:-127.0.0.1:21052}
 DASHBOARD_ADDR=${BENCH_DASHBOARD_ADDR:-127.0.0.1:21053}
 GATEWAY_ADDR=${BENCH_GATEWAY_ADDR:-127.0.0.1:18080}
 # Each service's Prometheus /metrics, as in the manifests (the port is the gRPC port + 10).
+metrics_addr_of() { echo "${1%:*}:$((${1##*:} + 10))"; }
 declare -A METRICS_ADDR=(
-  [book-svc]="${BOOK_ADDR%:*}:$((${BOOK_ADDR##*:} + 10))"
-  [borrow-svc]="${BORROW_ADDR%:*}:$((${BORROW_ADDR##*:} + 10))"
-  [dashboard-svc]="${DASHBOARD_ADDR%:*}:$((${DASHBOARD_ADDR##*:} + 10))"
+  [book-svc]=$(metrics_addr_of "$BOOK_ADDR")
+  [borrow-svc]=$(metrics_addr_of "$BORROW_ADDR")
+  [dashboard-svc]=$(metrics_addr_of "$DASHBOARD_ADDR")
 )
 READY_LIMIT_S=60
 

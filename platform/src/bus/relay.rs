@@ -65,13 +65,18 @@ impl Relay {
     /// # Errors
     /// The database or the transport failed; nothing was removed.
     pub async fn relay_once(&self) -> Result<Relayed, RelayError> {
-        let Some(taken) = self.outbox.take(&self.db).await? else {
-            return Ok(Relayed::Empty);
-        };
-        Ok(Relayed::Published(self.send(taken).await?.finish().await?))
+        Ok(match self.send_next().await? {
+            Some(flight) => Relayed::Published(flight.finish().await?),
+            None => Relayed::Empty,
+        })
     }
 
-    async fn send(&self, taken: Taken) -> Result<InFlight, RelayError> {
+    /// Takes the oldest batch and sends it (none: the outbox is empty); it stays in the outbox
+    /// until [`InFlight::finish`].
+    async fn send_next(&self) -> Result<Option<InFlight>, RelayError> {
+        let Some(taken) = self.outbox.take(&self.db).await? else {
+            return Ok(None);
+        };
         let batch = taken
             .rows()
             .iter()
@@ -79,11 +84,11 @@ impl Relay {
             .collect::<Result<Vec<EventEnvelope>, _>>()?;
         let sent_at = Instant::now();
         let sending = self.bus.send(&batch).await?;
-        Ok(InFlight {
+        Ok(Some(InFlight {
             taken,
             sending,
             sent_at,
-        })
+        }))
     }
 
     /// Relays until `shutdown`, then makes one last pass so events committed by requests that
@@ -112,15 +117,13 @@ impl Relay {
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     return Ok(0); // never closed
                 };
-                let Some(taken) = self.outbox.take(&self.db).await? else {
+                let Some(flight) = self.send_next().await? else {
                     return Ok(0);
                 };
+                let count = flight.taken.rows().len();
                 // A full batch means a backlog, and the next pass takes a full one at once:
                 // there, waiting for each confirmation measured better (see above).
-                let pipelined = taken.locks_rows() && (taken.rows().len() as u64) < self.outbox.batch_size();
-                let flight = self.send(taken).await?;
-                let count = flight.taken.rows().len();
-                if pipelined {
+                if flight.taken.locks_rows() && (count as u64) < self.outbox.batch_size() {
                     confirming.spawn(async move {
                         let _permit = permit;
                         if let Err(error) = flight.finish().await {

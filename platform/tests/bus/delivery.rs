@@ -28,13 +28,19 @@ async fn every_committed_event_reaches_rabbitmq_consumers_once() {
     txn.rollback().await.unwrap();
 
     produce(&producer, &outbox, 300, 10).await;
+    assert_each_applied_once_and_relayed(&consumer, &producer, 300).await;
+}
+
+/// Waits until `consumer` applied `count` events, checks each was applied once, and that the
+/// producer's outbox empties.
+async fn assert_each_applied_once_and_relayed(consumer: &Consumer, producer: &sea_orm::DatabaseConnection, count: i64) {
     assert!(
-        eventually(WAIT, || async { consumer.applied().await.0 >= 300 }).await,
+        eventually(WAIT, || async { consumer.applied().await.0 >= count }).await,
         "{:?}",
         consumer.applied().await
     );
-    assert_eq!(consumer.applied().await, (300, 300));
-    assert!(eventually(WAIT, || async { outbox_rows(&producer).await == 0 }).await);
+    assert_eq!(consumer.applied().await, (count, count));
+    assert!(eventually(WAIT, || async { outbox_rows(producer).await == 0 }).await);
 }
 
 #[tokio::test]
@@ -48,14 +54,7 @@ async fn a_backlog_of_full_batches_reaches_rabbitmq_consumers_once() {
     assert_eq!(outbox_rows(&producer).await, 600);
     let consumer = Consumer::new(consumer_db);
     let _running = start(&bus, &producer, &outbox, &consumer, "backlog");
-
-    assert!(
-        eventually(WAIT, || async { consumer.applied().await.0 >= 600 }).await,
-        "{:?}",
-        consumer.applied().await
-    );
-    assert_eq!(consumer.applied().await, (600, 600));
-    assert!(eventually(WAIT, || async { outbox_rows(&producer).await == 0 }).await);
+    assert_each_applied_once_and_relayed(&consumer, &producer, 600).await;
 }
 
 #[tokio::test]
