@@ -1,6 +1,6 @@
 //! The catalogue's use cases: each one that changes state writes its events to the outbox in the
 //! same transaction.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use library_platform::bus::{EventEnvelope, HandleError, Outbox, Subscriptions};
@@ -10,15 +10,16 @@ use library_proto::events::{
     BookBorrowed, BookRegistered, BookRemoved, BookUpdated, OutOfStock, StockChanged, StockReleased, StockReserved,
 };
 use library_proto::time::to_timestamp;
-use sea_orm::sea_query::{Asterisk, Expr, ExprTrait, Func, LikeExpr, Query};
+use sea_orm::sea_query::{Asterisk, Expr, ExprTrait, Func, InsertStatement, LikeExpr, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, QueryTrait, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, QueryTrait, Set,
     TransactionTrait,
 };
 use uuid::Uuid;
 
 use crate::domain::{self, Allocation, BookDraft, BookEdit, ValidationError};
+use crate::holds::StockHolds;
 use crate::stock_reads::StockReads;
 use crate::store::{books, reservations};
 
@@ -52,7 +53,13 @@ pub struct Catalog {
     db: DatabaseConnection,
     outbox: Outbox,
     stock: StockReads,
+    holds: StockHolds,
 }
+
+/// How long a hold waits for its loan's `BookBorrowed` before its copies go back: far longer
+/// than a borrow takes to store its loan, so that only a borrow-svc stopped in between leaves
+/// one to expire.
+pub const DEFAULT_HOLD_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn new_event_id() -> String {
     Uuid::now_v7().to_string()
@@ -71,7 +78,24 @@ fn stock_changed(book: &Book) -> StockChanged {
 impl Catalog {
     pub fn new(db: DatabaseConnection, outbox: Outbox) -> Self {
         let stock = StockReads::new(db.clone());
-        Self { db, outbox, stock }
+        let holds = StockHolds::new(db.clone(), DEFAULT_HOLD_TTL);
+        Self {
+            db,
+            outbox,
+            stock,
+            holds,
+        }
+    }
+
+    /// The same catalogue, its holds given back after `ttl` unless confirmed.
+    pub fn with_hold_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.holds = StockHolds::new(self.db.clone(), ttl);
+        self
+    }
+
+    /// How long an unconfirmed hold keeps its copies.
+    pub fn hold_ttl(&self) -> std::time::Duration {
+        self.holds.ttl()
     }
 
     /// An empty set of subscriptions applying events to the catalogue's database.
@@ -319,11 +343,11 @@ impl Catalog {
         Ok((available, domain::can_reserve(available, quantity)))
     }
 
-    /// The book side of the borrow saga, for a run of loans at once: reserve each loan's copies
-    /// (`StockReserved`) or say why not (`OutOfStock`), first come first served, inside the
-    /// consumer's transaction. Each book is read under its row lock and written once however many
-    /// loans want it, and says `StockChanged` once, so a popular book does not make every loan
-    /// wait for the one before it.
+    /// The book side of the borrow saga, for a run of loans at once, inside the consumer's
+    /// transaction. A loan whose copies were held at the borrow (`HoldStock`) has its hold
+    /// confirmed; when borrow-svc did not hear of the hold (it stored the loan PENDING), it is
+    /// told with `StockReserved`. Every other loan's copies are reserved (`StockReserved`) or
+    /// refused (`OutOfStock`), first come first served ([`take_for_loans`]).
     ///
     /// # Errors
     /// A database failure: the deliveries are retried.
@@ -332,57 +356,56 @@ impl Catalog {
         txn: &DatabaseTransaction,
         borrowed: Vec<BookBorrowed>,
     ) -> Result<(), HandleError> {
-        let mut book_ids: Vec<&str> = borrowed.iter().map(|loan| loan.book_id.as_str()).collect();
-        book_ids.sort_unstable();
-        book_ids.dedup();
-        // Locked in id order, so two consumers' batches over the same books cannot deadlock.
-        let shelves: HashMap<String, Book> = books::Entity::find()
-            .filter(books::Column::Id.is_in(book_ids))
-            .order_by_asc(books::Column::Id)
-            .lock_exclusive()
-            .all(txn)
+        // Confirming a hold locks it, so a release (a refused borrow, an expired hold) either
+        // went first and the loan is reserved afresh below, or finds it confirmed.
+        let held: HashSet<String> = reservations::Entity::update_many()
+            .col_expr(
+                reservations::Column::HeldUntil,
+                Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            )
+            .filter(reservations::Column::LoanId.is_in(borrowed.iter().map(|loan| loan.loan_id.as_str())))
+            .exec_with_returning(txn)
             .await?
             .into_iter()
-            .map(|book| (book.id.clone(), book))
+            .map(|reservation| reservation.loan_id)
             .collect();
-
-        let mut decided: Vec<Option<Allocation>> = vec![None; borrowed.len()];
-        let mut changed = Vec::new();
-        for (book_id, book) in &shelves {
-            let wanting: Vec<usize> = (0..borrowed.len())
-                .filter(|i| borrowed[*i].book_id == *book_id)
-                .collect();
-            let allocations = domain::allocate(book.available_copies, wanting.iter().map(|i| borrowed[*i].quantity));
-            let left = allocations.last().map_or(book.available_copies, |a| a.left);
-            for (i, allocation) in wanting.into_iter().zip(allocations) {
-                decided[i] = Some(allocation);
-            }
-            if left != book.available_copies {
-                changed.push(take_copies(txn, book, book.available_copies - left).await?);
-            }
-        }
+        let (already, to_reserve): (Vec<BookBorrowed>, Vec<BookBorrowed>) =
+            borrowed.into_iter().partition(|loan| held.contains(&loan.loan_id));
+        let wants: Vec<Want> = to_reserve.iter().map(Want::of).collect();
+        let taken = take_for_loans(txn, &wants).await?;
+        // The books of confirmed holds, read without their row locks (the holds took the
+        // copies already): their stock change is announced now, once a batch.
+        let mut confirmed: Vec<&str> = already
+            .iter()
+            .map(|loan| loan.book_id.as_str())
+            .filter(|id| !taken.shelves.contains_key(*id))
+            .collect();
+        confirmed.sort_unstable();
+        confirmed.dedup();
+        let confirmed: Vec<Book> = if confirmed.is_empty() {
+            Vec::new()
+        } else {
+            books::Entity::find()
+                .filter(books::Column::Id.is_in(confirmed))
+                .all(txn)
+                .await?
+        };
+        let shelf = |book_id: &str| {
+            taken
+                .shelves
+                .get(book_id)
+                .or_else(|| confirmed.iter().find(|book| book.id == book_id))
+                .map_or(0, |book| book.available_copies)
+        };
+        let unheard: Vec<&BookBorrowed> = already.iter().filter(|loan| !loan.stock_held).collect();
 
         let now = Utc::now();
-        let mut reservations = Vec::new();
-        let mut events = Vec::with_capacity(borrowed.len() + changed.len());
-        for (loan, allocation) in borrowed.into_iter().zip(decided) {
+        let mut events = Vec::with_capacity(to_reserve.len() + unheard.len() + taken.changed.len());
+        for (loan, allocation) in to_reserve.into_iter().zip(&taken.decided) {
             match allocation {
                 Some(Allocation { served: true, left }) => {
                     tracing::debug!(loan_id = %loan.loan_id, book_id = %loan.book_id, quantity = loan.quantity, "copies reserved");
-                    events.push(EventEnvelope::of(&StockReserved {
-                        event_id: new_event_id(),
-                        occurred_at: Some(to_timestamp(now)),
-                        loan_id: loan.loan_id.clone(),
-                        book_id: loan.book_id.clone(),
-                        quantity: loan.quantity,
-                        available_copies: left,
-                    }));
-                    reservations.push(reservations::ActiveModel {
-                        loan_id: Set(loan.loan_id),
-                        book_id: Set(loan.book_id),
-                        quantity: Set(loan.quantity),
-                        created_at: Set(now),
-                    });
+                    events.push(EventEnvelope::of(&stock_reserved(&loan, *left, now)));
                 }
                 refused => {
                     let (available, reason) = match refused {
@@ -402,14 +425,95 @@ impl Catalog {
                 }
             }
         }
-        for book in &changed {
+        for loan in unheard {
+            events.push(EventEnvelope::of(&stock_reserved(loan, shelf(&loan.book_id), now)));
+        }
+        for book in taken.changed.iter().chain(&confirmed) {
             tracing::info!(book_id = %book.id, available = book.available_copies, "copies reserved");
             events.push(EventEnvelope::of(&stock_changed(book)));
         }
+        let reservations = reservations_of(&wants, &taken.decided, now, None);
         // The reservations and the events in one round trip.
-        let reserved = (!reservations.is_empty()).then(|| reservations::Entity::insert_many(reservations).into_query());
-        let inserts = reserved.into_iter().chain(Outbox::insert_of(events)).collect();
+        let inserts = reservations.into_iter().chain(Outbox::insert_of(events)).collect();
         insert_together(txn, inserts).await?;
+        Ok(())
+    }
+
+    /// Holds `quantity` copies of `book_id` for the loan `loan_id` about to be stored
+    /// (`HoldStock`), with the holds that arrive together in one transaction; answers whether
+    /// they are held and the copies left on the shelf.
+    ///
+    /// # Errors
+    /// Unknown book or a database failure.
+    pub async fn hold_stock(
+        &self,
+        loan_id: &str,
+        user_id: &str,
+        book_id: &str,
+        quantity: i32,
+    ) -> Result<(bool, i32), CatalogError> {
+        let want = Want {
+            loan_id: loan_id.to_owned(),
+            user_id: user_id.to_owned(),
+            book_id: book_id.to_owned(),
+            quantity,
+        };
+        match self.holds.hold(want).await? {
+            HoldOutcome::Held { available } => Ok((true, available)),
+            HoldOutcome::Short { available } => Ok((false, available)),
+            HoldOutcome::UnknownBook => Err(CatalogError::NotFound),
+        }
+    }
+
+    /// Gives back the copies of `loan_id`'s hold while it is unconfirmed (the loan will never be
+    /// stored), returning how many; a confirmed hold, or none, is left alone.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn release_hold(&self, loan_id: &str) -> Result<i32, CatalogError> {
+        let txn = self.db.begin().await?;
+        let holds = reservations::Entity::find()
+            .filter(reservations::Column::LoanId.eq(loan_id))
+            .filter(reservations::Column::HeldUntil.is_not_null())
+            .lock_exclusive()
+            .all(&txn)
+            .await?;
+        let released = release_holds(&txn, &holds, "the borrow was not stored").await?;
+        self.outbox.commit(txn).await?;
+        Ok(released)
+    }
+
+    /// Up to `limit` holds whose time ran out unconfirmed, oldest first: their borrow was
+    /// refused and the release did not arrive, their borrow-svc stopped between the hold and
+    /// storing the loan, or the loan's `BookBorrowed` is still on its way.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub(crate) async fn expired_holds(&self, limit: u64) -> Result<Vec<reservations::Model>, CatalogError> {
+        Ok(reservations::Entity::find()
+            .filter(reservations::Column::HeldUntil.lt(Utc::now()))
+            .order_by_asc(reservations::Column::HeldUntil)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Confirms the holds of loans that exist (as their `BookBorrowed` will).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn confirm_holds(&self, loan_ids: &[String]) -> Result<(), CatalogError> {
+        if loan_ids.is_empty() {
+            return Ok(());
+        }
+        reservations::Entity::update_many()
+            .col_expr(
+                reservations::Column::HeldUntil,
+                Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            )
+            .filter(reservations::Column::LoanId.is_in(loan_ids.iter().map(String::as_str)))
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 
@@ -469,10 +573,281 @@ impl Catalog {
     }
 }
 
+/// Copies a loan wants.
+#[derive(Clone, Debug)]
+pub(crate) struct Want {
+    pub loan_id: String,
+    pub user_id: String,
+    pub book_id: String,
+    pub quantity: i32,
+}
+
+impl Want {
+    fn of(loan: &BookBorrowed) -> Self {
+        Self {
+            loan_id: loan.loan_id.clone(),
+            user_id: loan.user_id.clone(),
+            book_id: loan.book_id.clone(),
+            quantity: loan.quantity,
+        }
+    }
+}
+
+/// What [`take_for_loans`] did.
+struct Taken {
+    /// Each want's allocation, in order; `None`: the book is not in the catalogue.
+    decided: Vec<Option<Allocation>>,
+    /// The books wanted, as they are now.
+    shelves: HashMap<String, Book>,
+    /// The books whose stock changed.
+    changed: Vec<Book>,
+}
+
+/// Takes copies off the shelves for a run of loans, first come first served: each book is read
+/// under its row lock and written once however many loans want it, so a popular book does not
+/// make every loan wait for the one before it.
+async fn take_for_loans(txn: &DatabaseTransaction, wants: &[Want]) -> Result<Taken, DbErr> {
+    let mut book_ids: Vec<&str> = wants.iter().map(|want| want.book_id.as_str()).collect();
+    book_ids.sort_unstable();
+    book_ids.dedup();
+    let mut shelves: HashMap<String, Book> = HashMap::new();
+    if !book_ids.is_empty() {
+        // Locked in id order, so two transactions over the same books cannot deadlock.
+        shelves = books::Entity::find()
+            .filter(books::Column::Id.is_in(book_ids))
+            .order_by_asc(books::Column::Id)
+            .lock_exclusive()
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|book| (book.id.clone(), book))
+            .collect();
+    }
+    let mut decided: Vec<Option<Allocation>> = vec![None; wants.len()];
+    let mut changed = Vec::new();
+    for book in shelves.values_mut() {
+        let wanting: Vec<usize> = (0..wants.len()).filter(|i| wants[*i].book_id == book.id).collect();
+        if wanting.is_empty() {
+            continue;
+        }
+        let allocations = domain::allocate(book.available_copies, wanting.iter().map(|i| wants[*i].quantity));
+        let left = allocations.last().map_or(book.available_copies, |a| a.left);
+        for (i, allocation) in wanting.into_iter().zip(allocations) {
+            decided[i] = Some(allocation);
+        }
+        if left != book.available_copies {
+            *book = take_copies(txn, book, book.available_copies - left).await?;
+            changed.push(book.clone());
+        }
+    }
+    Ok(Taken {
+        decided,
+        shelves,
+        changed,
+    })
+}
+
+/// The reservation rows of the wants served; `held_until`: a hold not yet confirmed.
+fn reservations_of(
+    wants: &[Want],
+    decided: &[Option<Allocation>],
+    now: chrono::DateTime<Utc>,
+    held_until: Option<chrono::DateTime<Utc>>,
+) -> Option<InsertStatement> {
+    let served: Vec<reservations::ActiveModel> = wants
+        .iter()
+        .zip(decided)
+        .filter(|(_, allocation)| matches!(allocation, Some(Allocation { served: true, .. })))
+        .map(|(want, _)| reservations::ActiveModel {
+            loan_id: Set(want.loan_id.clone()),
+            book_id: Set(want.book_id.clone()),
+            quantity: Set(want.quantity),
+            created_at: Set(now),
+            held_until: Set(held_until),
+            user_id: Set(held_until.map(|_| want.user_id.clone())),
+        })
+        .collect();
+    (!served.is_empty()).then(|| reservations::Entity::insert_many(served).into_query())
+}
+
+/// What a hold came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HoldOutcome {
+    Held {
+        available: i32,
+    },
+    /// Too few copies on the shelf: nothing held.
+    Short {
+        available: i32,
+    },
+    UnknownBook,
+}
+
+/// Holds copies for a run of borrows about to be stored, until `held_until` unless confirmed,
+/// inside `txn`, first come first served; a loan that holds copies already (a repeated call) is
+/// answered as held. The stock change is announced when the loans' `BookBorrowed` confirm the
+/// holds (or when they go back).
+pub(crate) async fn hold_for_loans(
+    txn: &DatabaseTransaction,
+    wants: &[Want],
+    held_until: chrono::DateTime<Utc>,
+) -> Result<Vec<HoldOutcome>, DbErr> {
+    let existing: HashSet<String> = reservations::Entity::find()
+        .select_only()
+        .column(reservations::Column::LoanId)
+        .filter(reservations::Column::LoanId.is_in(wants.iter().map(|want| want.loan_id.as_str())))
+        .into_tuple::<String>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .collect();
+    let new: Vec<Want> = wants
+        .iter()
+        .filter(|want| !existing.contains(&want.loan_id))
+        .cloned()
+        .collect();
+    let taken = take_for_loans(txn, &new).await?;
+    if let Some(insert) = reservations_of(&new, &taken.decided, Utc::now(), Some(held_until)) {
+        txn.execute(&insert).await?;
+    }
+    let mut decided = taken.decided.iter();
+    let mut answers = Vec::with_capacity(wants.len());
+    for want in wants {
+        let answer = if existing.contains(&want.loan_id) {
+            let available = match taken.shelves.get(&want.book_id) {
+                Some(book) => book.available_copies,
+                None => books::Entity::find_by_id(&want.book_id)
+                    .one(txn)
+                    .await?
+                    .map_or(0, |book| book.available_copies),
+            };
+            HoldOutcome::Held { available }
+        } else {
+            match decided.next() {
+                Some(Some(Allocation { served: true, left })) => HoldOutcome::Held { available: *left },
+                Some(Some(Allocation { served: false, left })) => HoldOutcome::Short { available: *left },
+                _ => HoldOutcome::UnknownBook,
+            }
+        };
+        answers.push(answer);
+    }
+    Ok(answers)
+}
+
+/// PostgreSQL, the common case of [`hold_for_loans`] in one statement and no transaction
+/// around it: for each book of `wants` whose shelf has the copies all its holds want, takes
+/// them and inserts the holds. Returns the copies left of each book taken; the holds of a
+/// book left out (too few copies, or unknown) took nothing. Fails whole on a loan that holds
+/// copies already (its key is taken).
+pub(crate) async fn hold_where_all_fit(
+    db: &DatabaseConnection,
+    wants: &[Want],
+    held_until: chrono::DateTime<Utc>,
+) -> Result<HashMap<String, i32>, DbErr> {
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(wants.len() * 4 + 2);
+    let mut rows = Vec::with_capacity(wants.len());
+    for want in wants {
+        let n = values.len();
+        rows.push(format!("(${}, ${}, ${}, ${}::integer)", n + 1, n + 2, n + 3, n + 4));
+        values.extend([
+            want.loan_id.clone().into(),
+            want.user_id.clone().into(),
+            want.book_id.clone().into(),
+            want.quantity.into(),
+        ]);
+    }
+    let (now, until) = (values.len() + 1, values.len() + 2);
+    values.extend([Utc::now().into(), held_until.into()]);
+    let sql = format!(
+        "WITH want (loan_id, user_id, book_id, quantity) AS (VALUES {rows}), \
+         total AS (SELECT book_id, SUM(quantity)::integer AS quantity FROM want GROUP BY book_id), \
+         taken AS (UPDATE books SET available_copies = books.available_copies - total.quantity, updated_at = ${now} \
+           FROM total WHERE books.id = total.book_id AND books.available_copies >= total.quantity \
+           RETURNING books.id, books.available_copies), \
+         held AS (INSERT INTO reservations (loan_id, book_id, quantity, created_at, held_until, user_id) \
+           SELECT want.loan_id, want.book_id, want.quantity, ${now}, ${until}, want.user_id \
+           FROM want JOIN taken ON taken.id = want.book_id) \
+         SELECT id, available_copies FROM taken",
+        rows = rows.join(", ")
+    );
+    let statement = sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql, values);
+    db.query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<String>("", "id")?,
+                row.try_get::<i32>("", "available_copies")?,
+            ))
+        })
+        .collect()
+}
+
+/// Gives back the copies of `holds` (locked by the caller) and deletes them, so that a loan
+/// stored after all is reserved afresh by its `BookBorrowed`; says `StockReleased` for each and
+/// `StockChanged` for each book. Returns the copies given back.
+async fn release_holds(txn: &DatabaseTransaction, holds: &[reservations::Model], why: &str) -> Result<i32, DbErr> {
+    if holds.is_empty() {
+        return Ok(0);
+    }
+    reservations::Entity::delete_many()
+        .filter(reservations::Column::LoanId.is_in(holds.iter().map(|hold| hold.loan_id.as_str())))
+        .exec(txn)
+        .await?;
+    let mut per_book: HashMap<&str, i32> = HashMap::new();
+    for hold in holds {
+        *per_book.entry(hold.book_id.as_str()).or_default() += hold.quantity;
+    }
+    let now = Utc::now();
+    let mut shelves = HashMap::new();
+    for (book_id, copies) in per_book {
+        let back = books::Entity::update_many()
+            .col_expr(
+                books::Column::AvailableCopies,
+                Expr::col(books::Column::AvailableCopies).add(copies),
+            )
+            .col_expr(books::Column::UpdatedAt, Expr::val(now))
+            .filter(books::Column::Id.eq(book_id))
+            .exec_with_returning(txn)
+            .await?;
+        for book in back {
+            shelves.insert(book.id.clone(), book);
+        }
+    }
+    let mut events = Vec::with_capacity(holds.len() + shelves.len());
+    for hold in holds {
+        tracing::info!(loan_id = %hold.loan_id, book_id = %hold.book_id, quantity = hold.quantity, why, "hold released");
+        events.push(EventEnvelope::of(&StockReleased {
+            event_id: new_event_id(),
+            occurred_at: Some(to_timestamp(now)),
+            loan_id: hold.loan_id.clone(),
+            book_id: hold.book_id.clone(),
+            quantity: hold.quantity,
+            available_copies: shelves.get(&hold.book_id).map_or(0, |book| book.available_copies),
+        }));
+    }
+    events.extend(shelves.values().map(|book| EventEnvelope::of(&stock_changed(book))));
+    if let Some(insert) = Outbox::insert_of(events) {
+        txn.execute(&insert).await?;
+    }
+    Ok(holds.iter().map(|hold| hold.quantity).sum())
+}
+
+fn stock_reserved(loan: &BookBorrowed, available: i32, now: chrono::DateTime<Utc>) -> StockReserved {
+    StockReserved {
+        event_id: new_event_id(),
+        occurred_at: Some(to_timestamp(now)),
+        loan_id: loan.loan_id.clone(),
+        book_id: loan.book_id.clone(),
+        quantity: loan.quantity,
+        available_copies: available,
+    }
+}
+
 /// Takes `quantity` copies of `book` off the shelf, returning the book as it is now. The
 /// condition repeats what the row lock already guarantees, so the stock can never go below zero
 /// even if a caller forgot the lock.
-async fn take_copies(txn: &DatabaseTransaction, book: &Book, quantity: i32) -> Result<Book, HandleError> {
+async fn take_copies(txn: &DatabaseTransaction, book: &Book, quantity: i32) -> Result<Book, DbErr> {
     books::Entity::update_many()
         .col_expr(
             books::Column::AvailableCopies,
@@ -485,7 +860,7 @@ async fn take_copies(txn: &DatabaseTransaction, book: &Book, quantity: i32) -> R
         .await?
         .into_iter()
         .next()
-        .ok_or_else(|| HandleError::Failed(format!("the stock of book {} changed under its lock", book.id)))
+        .ok_or_else(|| DbErr::Custom(format!("the stock of book {} changed under its lock", book.id)))
 }
 
 /// A book of a listed page, with the count of all books matching the search.

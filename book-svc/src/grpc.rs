@@ -8,8 +8,10 @@ use library_platform::grpc::{internal, parse_id, refused};
 use library_proto::book::book_service_server::BookService;
 use library_proto::book::{
     BatchGetBooksRequest, BatchGetBooksResponse, Book as BookMessage, CheckStockRequest, CheckStockResponse,
-    CreateBookRequest, DeleteBookRequest, DeleteBookResponse, GetBookRequest, ListBooksRequest, ListBooksResponse,
-    UpdateBookRequest, WatchBookRequest,
+    ConfirmHoldsRequest, ConfirmHoldsResponse, CreateBookRequest, DeleteBookRequest, DeleteBookResponse,
+    GetBookRequest, Hold, HoldStockRequest, HoldStockResponse, ListBooksRequest, ListBooksResponse,
+    ListExpiredHoldsRequest, ListExpiredHoldsResponse, ReleaseHoldRequest, ReleaseHoldResponse, UpdateBookRequest,
+    WatchBookRequest,
 };
 use library_proto::time::to_timestamp;
 use tokio_stream::wrappers::BroadcastStream;
@@ -69,6 +71,75 @@ impl BookService for BookGrpc {
         }
         let (available, sufficient) = self.catalog.check_stock(&id, request.quantity).await?;
         Ok(Response::new(CheckStockResponse { available, sufficient }))
+    }
+
+    #[tracing::instrument(skip_all, fields(loan_id = %request.get_ref().loan_id, book_id = %request.get_ref().book_id, quantity = request.get_ref().quantity))]
+    async fn hold_stock(&self, request: Request<HoldStockRequest>) -> Result<Response<HoldStockResponse>, Status> {
+        let request = request.into_inner();
+        let loan_id = parse_id("loan_id", &request.loan_id)?;
+        let book_id = parse_id("book_id", &request.book_id)?;
+        if request.quantity <= 0 {
+            return Err(Status::invalid_argument("quantity: must be at least 1"));
+        }
+        if request.user_id.is_empty() || request.user_id.len() > 128 {
+            return Err(Status::invalid_argument("user_id: 1 to 128 characters"));
+        }
+        let (held, available) = self
+            .catalog
+            .hold_stock(&loan_id, &request.user_id, &book_id, request.quantity)
+            .await?;
+        Ok(Response::new(HoldStockResponse { held, available }))
+    }
+
+    #[tracing::instrument(skip_all, fields(loan_id = %request.get_ref().loan_id))]
+    async fn release_hold(
+        &self,
+        request: Request<ReleaseHoldRequest>,
+    ) -> Result<Response<ReleaseHoldResponse>, Status> {
+        let loan_id = parse_id("loan_id", &request.get_ref().loan_id)?;
+        let released = self.catalog.release_hold(&loan_id).await?;
+        Ok(Response::new(ReleaseHoldResponse { released }))
+    }
+
+    #[tracing::instrument(skip_all, fields(limit = request.get_ref().limit))]
+    async fn list_expired_holds(
+        &self,
+        request: Request<ListExpiredHoldsRequest>,
+    ) -> Result<Response<ListExpiredHoldsResponse>, Status> {
+        let limit = match request.get_ref().limit {
+            0 => 100,
+            limit @ 1..=1000 => limit,
+            _ => return Err(Status::invalid_argument("limit: 1 to 1000")),
+        };
+        let holds = self.catalog.expired_holds(limit as u64).await?;
+        Ok(Response::new(ListExpiredHoldsResponse {
+            holds: holds
+                .into_iter()
+                .map(|hold| Hold {
+                    loan_id: hold.loan_id,
+                    user_id: hold.user_id.unwrap_or_default(),
+                    book_id: hold.book_id,
+                    quantity: hold.quantity,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(count = request.get_ref().loan_ids.len()))]
+    async fn confirm_holds(
+        &self,
+        request: Request<ConfirmHoldsRequest>,
+    ) -> Result<Response<ConfirmHoldsResponse>, Status> {
+        let ids = &request.get_ref().loan_ids;
+        if ids.len() > 1000 {
+            return Err(Status::invalid_argument("loan_ids: at most 1000 per call"));
+        }
+        let ids: Vec<String> = ids
+            .iter()
+            .map(|id| parse_id("loan_ids", id))
+            .collect::<Result<_, _>>()?;
+        self.catalog.confirm_holds(&ids).await?;
+        Ok(Response::new(ConfirmHoldsResponse {}))
     }
 
     #[tracing::instrument(skip_all, fields(book_id = %request.get_ref().id))]

@@ -1,8 +1,12 @@
 //! book-svc: the catalogue and its stock, served over gRPC (`library.book.v1.BookService`).
 //!
-//! It owns the books and the copies each loan holds. It takes part in the borrow saga: on
-//! `BookBorrowed` it reserves the copies (`StockReserved`) or refuses (`OutOfStock`); on
-//! `BookReturned` and `LoanCanceled` it releases them. Every stock change publishes
+//! It owns the books and the copies each loan holds. A borrow holds its copies synchronously
+//! (`HoldStock`) before its loan is stored; the loan's `BookBorrowed` confirms the hold, and a
+//! hold left unconfirmed is given back (`ReleaseHold`: borrow-svc settles the holds still
+//! unconfirmed after `LIBRARY_STOCK_HOLD_TTL`). It
+//! takes part in the borrow saga: on the `BookBorrowed` of a loan stored without a hold it
+//! reserves the copies (`StockReserved`) or refuses (`OutOfStock`); on `BookReturned` and
+//! `LoanCanceled` it releases them. Every stock change publishes
 //! `StockChanged`. Invariant: `available + reserved copies of open loans == total`,
 //! `0 <= available <= total`.
 //!
@@ -16,6 +20,7 @@ mod catalog;
 pub mod domain;
 mod events;
 mod grpc;
+mod holds;
 mod stock_reads;
 mod store;
 
@@ -43,6 +48,16 @@ pub struct Config {
     /// book-svc's own log level (e.g. DEBUG); wins over RUST_LOG's default level.
     #[arg(long = "book-log-level", env = "BOOK_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Seconds a borrow's hold on copies (`HoldStock`) waits for its loan's `BookBorrowed`
+    /// before borrow-svc is shown it (`ListExpiredHolds`) to settle: only a borrow-svc stopped
+    /// between the hold and storing the loan, or a broker that is down, leaves one that long.
+    #[arg(
+        long = "stock-hold-ttl",
+        env = "LIBRARY_STOCK_HOLD_TTL",
+        default_value = "300",
+        value_parser = library_platform::config::parse_seconds
+    )]
+    pub stock_hold_ttl: std::time::Duration,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -76,7 +91,7 @@ impl Application {
             .await
             .with_context(|| format!("BOOK_GRPC_ADDR: cannot listen on {}", config.grpc_addr))?;
         let outbox = Outbox::default();
-        let catalog = Catalog::new(db.clone(), outbox.clone());
+        let catalog = Catalog::new(db.clone(), outbox.clone()).with_hold_ttl(config.stock_hold_ttl);
         let tracker = TaskTracker::new();
         bus.consume(
             events::SAGA_QUEUE,

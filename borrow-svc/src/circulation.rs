@@ -1,12 +1,15 @@
 //! The circulation desk's use cases. Each change is one transaction that also writes its events
 //! to the outbox; the reader's row is locked by every borrow, so per-reader limits and
 //! idempotency keys hold under concurrent requests.
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use library_platform::bus::{HandleError, Outbox, Subscriptions};
 use library_platform::paging::{self, PagingError};
+use library_proto::book::Hold;
 use library_proto::events::{BookReturned, LateFeeCharged, LoanCanceled, OutOfStock, StockReserved};
 use library_proto::time::to_timestamp;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
@@ -17,7 +20,7 @@ use uuid::Uuid;
 use crate::audit::{AuditLog, Transition};
 use crate::domain::{LoanPolicy, LoanStatus, ReturnError, copies_to_return};
 use crate::loan_writer::{LoanWriter, NewLoan, find_by_key};
-use crate::stock::{StockCheck, StockChecker};
+use crate::stock::{StockGuard, StockHold};
 use crate::store::{loan_returns, loans, readers};
 
 pub use loans::Model as Loan;
@@ -43,6 +46,15 @@ pub enum CirculationError {
     Return(#[from] ReturnError),
     #[error("only a PENDING or ACTIVE loan has a due date to change; this one is {}", .0.as_str())]
     Closed(LoanStatus),
+    #[error("database failure: {0}")]
+    Database(#[from] DbErr),
+}
+
+/// Why expired holds could not be settled; they are again at the next pass.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("book-svc did not answer: {0}")]
+    BookService(#[from] tonic::Status),
     #[error("database failure: {0}")]
     Database(#[from] DbErr),
 }
@@ -77,19 +89,13 @@ pub struct Circulation {
     db: DatabaseConnection,
     outbox: Outbox,
     policy: LoanPolicy,
-    stock: StockChecker,
+    stock: StockGuard,
     audit: AuditLog,
     writer: LoanWriter,
 }
 
 impl Circulation {
-    pub fn new(
-        db: DatabaseConnection,
-        outbox: Outbox,
-        policy: LoanPolicy,
-        stock: StockChecker,
-        audit: AuditLog,
-    ) -> Self {
+    pub fn new(db: DatabaseConnection, outbox: Outbox, policy: LoanPolicy, stock: StockGuard, audit: AuditLog) -> Self {
         let writer = LoanWriter::start(db.clone(), outbox.clone(), policy.clone(), audit.clone());
         Self {
             db,
@@ -108,9 +114,10 @@ impl Circulation {
 
     /// Borrows `requested` copies of `book_id` for `user_id`.
     ///
-    /// With an idempotency key, a repeat by the same reader returns the first loan. When book-svc
-    /// answers, too little stock is refused at once; when it cannot answer, the loan is accepted
-    /// as PENDING and the saga decides.
+    /// With an idempotency key, a repeat by the same reader returns the first loan. book-svc
+    /// holds the copies first: the loan is stored ACTIVE on them, and too little stock is
+    /// refused at once; when book-svc cannot answer, the loan is accepted as PENDING and the
+    /// saga decides.
     ///
     /// # Errors
     /// A quantity out of range, too little stock, an unknown book, the reader's limit, or a
@@ -133,22 +140,119 @@ impl Circulation {
         {
             return Ok(loan);
         }
-        match self.stock.check(book_id, quantity).await {
-            StockCheck::Sufficient | StockCheck::Unavailable => {}
-            StockCheck::Insufficient { available } => {
+        let loan_id = new_id();
+        let stock_held = match self.stock.hold(&loan_id, user_id, book_id, quantity).await {
+            StockHold::Held => true,
+            StockHold::Unavailable => false,
+            StockHold::Insufficient { available } => {
                 return Err(CirculationError::OutOfStock { available });
             }
-            StockCheck::UnknownBook => return Err(CirculationError::BookNotFound),
-        }
-
-        self.writer
+            StockHold::UnknownBook => return Err(CirculationError::BookNotFound),
+        };
+        let stored = self
+            .writer
             .write(NewLoan {
+                id: loan_id.clone(),
                 user_id: user_id.to_owned(),
                 book_id: book_id.to_owned(),
                 quantity,
                 idempotency_key,
+                stock_held,
             })
-            .await
+            .await;
+        // Refused, or answered with the loan a repeated key made first: this loan will never
+        // be stored, so its hold goes back now. After a database failure it may have been
+        // stored: its BookBorrowed confirms the hold, or the hold expires.
+        let never_stored = match &stored {
+            Ok(loan) => loan.id != loan_id,
+            Err(error) => !matches!(error, CirculationError::Database(_)),
+        };
+        if stock_held && never_stored {
+            self.stock.release_in_background(loan_id);
+        }
+        stored
+    }
+
+    /// Settles up to `limit` holds book-svc still shows unconfirmed after their lifetime, and
+    /// says how many it looked at. A hold whose loan is PENDING or ACTIVE is confirmed (its
+    /// `BookBorrowed` is on its way: the broker may be down); one whose loan is closed, or was
+    /// never stored, goes back on the shelf. A loan never stored gets a CANCELED loan under its
+    /// id first, so that a borrow still storing it fails on the id instead of being stored
+    /// without its copies.
+    ///
+    /// # Errors
+    /// book-svc did not answer, or a database failure.
+    pub async fn settle_expired_holds(&self, limit: i32) -> Result<usize, SettleError> {
+        let holds = self.stock.expired_holds(limit).await?;
+        if holds.is_empty() {
+            return Ok(0);
+        }
+        let statuses: HashMap<String, String> = loans::Entity::find()
+            .select_only()
+            .columns([loans::Column::Id, loans::Column::Status])
+            .filter(loans::Column::Id.is_in(holds.iter().map(|hold| hold.loan_id.as_str())))
+            .into_tuple::<(String, String)>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        let mut confirmed = Vec::new();
+        for hold in &holds {
+            let open = match statuses.get(&hold.loan_id) {
+                Some(status) => matches!(status.parse(), Ok(LoanStatus::Pending | LoanStatus::Active)),
+                None if self.cancel_unstored(hold).await? => false,
+                // Stored since the list was read: settled at the next pass.
+                None => continue,
+            };
+            if open {
+                confirmed.push(hold.loan_id.clone());
+            } else {
+                self.stock.release(&hold.loan_id).await?;
+                tracing::info!(loan_id = %hold.loan_id, "an expired hold went back on the shelf");
+            }
+        }
+        self.stock.confirm(confirmed).await?;
+        Ok(holds.len())
+    }
+
+    /// Stores a CANCELED loan under the id of a hold whose loan was never stored; `false` when a
+    /// loan has that id after all.
+    async fn cancel_unstored(&self, hold: &Hold) -> Result<bool, DbErr> {
+        let now = Utc::now();
+        let reason = "the borrow stopped before its loan was stored; nothing was lent";
+        let canceled = loans::ActiveModel {
+            id: Set(hold.loan_id.clone()),
+            user_id: Set(hold.user_id.clone()),
+            book_id: Set(hold.book_id.clone()),
+            quantity: Set(hold.quantity),
+            returned_quantity: Set(0),
+            status: Set(LoanStatus::Canceled.as_str().to_owned()),
+            borrowed_at: Set(now),
+            due_at: Set(now),
+            late_fee: Set(0),
+            cancel_reason: Set(Some(reason.to_owned())),
+            idempotency_key: Set(None),
+            updated_at: Set(now),
+        };
+        let txn = self.db.begin().await?;
+        let inserted = loans::Entity::insert(canceled)
+            .on_conflict(OnConflict::column(loans::Column::Id).do_nothing().to_owned())
+            .exec_without_returning(&txn)
+            .await?;
+        if inserted == 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        let transition = Transition {
+            kind: "canceled",
+            loan_id: &hold.loan_id,
+            user_id: &hold.user_id,
+            detail: json!({"reason": reason}),
+        };
+        self.audit.record(&txn, [transition]).await?;
+        txn.commit().await?;
+        tracing::warn!(loan_id = %hold.loan_id, user_id = %hold.user_id, "a borrow stopped before its loan was stored; canceled");
+        Ok(true)
     }
 
     /// Returns `requested` copies (all outstanding when `None`) of `loan_id` for `user_id`,
@@ -361,7 +465,9 @@ impl Circulation {
     }
 
     /// Saga compensation: too little stock, the PENDING loan is CANCELED and `LoanCanceled`
-    /// gives its copies back to the reader's count.
+    /// gives its outstanding copies back to the reader's count. An ACTIVE loan hears this only
+    /// when it was stored on a hold that had already expired (its borrow-svc stalled for the
+    /// hold's whole lifetime) and the copies were gone by the time its `BookBorrowed` came.
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
@@ -369,9 +475,10 @@ impl Circulation {
         let Some(loan) = lock_loan(txn, &refused.loan_id).await? else {
             return Ok(());
         };
-        if status_of(&loan) != LoanStatus::Pending {
+        if !matches!(status_of(&loan), LoanStatus::Pending | LoanStatus::Active) {
             return Ok(());
         }
+        let outstanding = loan.quantity - loan.returned_quantity;
         let reason = format!(
             "{} (requested {}, available {})",
             refused.reason, refused.requested, refused.available_copies
@@ -382,14 +489,14 @@ impl Circulation {
         active.cancel_reason = Set(Some(reason.clone()));
         active.updated_at = Set(now);
         active.update(txn).await?;
-        add_outstanding(txn, &loan.user_id, -loan.quantity).await?;
+        add_outstanding(txn, &loan.user_id, -outstanding).await?;
         let canceled = LoanCanceled {
             event_id: new_id(),
             occurred_at: Some(to_timestamp(now)),
             loan_id: loan.id.clone(),
             user_id: loan.user_id.clone(),
             book_id: loan.book_id.clone(),
-            quantity: loan.quantity,
+            quantity: outstanding,
             reason: reason.clone(),
         };
         self.outbox.enqueue(txn, &canceled).await?;

@@ -31,7 +31,7 @@ mod tests {
     use super::*;
     use crate::audit::AuditLog;
     use crate::domain::{FeeTiers, LoanPolicy};
-    use crate::stock::StockChecker;
+    use crate::stock::StockGuard;
     use library_platform::bus::Outbox;
 
     #[tokio::test]
@@ -48,7 +48,7 @@ mod tests {
             Default::default(),
             Outbox::default(),
             policy,
-            StockChecker::new(channel, Duration::from_millis(10)),
+            StockGuard::new(channel, Duration::from_millis(10)),
             AuditLog::default(),
         );
         let mut keys = subscriptions(circulation).routing_keys();

@@ -1,9 +1,10 @@
 //! borrow-svc: loans, returns and late fees, served over gRPC
 //! (`library.borrow.v1.BorrowService`).
 //!
-//! A borrow is checked against book-svc's stock synchronously (deadline + circuit breaker) and
-//! then stored as PENDING with its `BookBorrowed` event in one transaction; book-svc's answer
-//! (`StockReserved` / `OutOfStock`) makes it ACTIVE or CANCELED. A return never needs book-svc:
+//! A borrow first has book-svc hold its copies synchronously (`HoldStock`, deadline + circuit
+//! breaker), then is stored ACTIVE with its `BookBorrowed` event in one transaction (the event
+//! confirms the hold). When book-svc cannot answer, it is stored PENDING and book-svc's answer to
+//! the event (`StockReserved` / `OutOfStock`) makes it ACTIVE or CANCELED. A return never needs book-svc:
 //! it updates the loan under a row lock, charges the fee of its tier once, and publishes
 //! `BookReturned` (+ `LateFeeCharged`).
 //!
@@ -12,7 +13,7 @@
 //! - `store`: sea-orm entities and migrations.
 //! - `circulation`: the use cases, each a transaction with its outbox events.
 //! - `loan_writer`: stores the borrows that arrive together in one transaction.
-//! - `stock`: the CheckStock client.
+//! - `stock`: the HoldStock / ReleaseHold client.
 //! - `audit`: loan transitions, recorded in the transaction that makes them and appended to the
 //!   JSON-lines file on the shared volume.
 //! - `grpc`: the tonic service. `events`: what it consumes.
@@ -54,20 +55,29 @@ pub struct Config {
     /// Where the gRPC server listens.
     #[arg(long = "borrow-grpc-addr", env = "BORROW_GRPC_ADDR", default_value = "0.0.0.0:50052")]
     pub grpc_addr: SocketAddr,
-    /// Where book-svc answers CheckStock.
+    /// Where book-svc answers HoldStock (the synchronous guard of every borrow).
     #[arg(
         long = "book-svc-url",
         env = "BOOK_SVC_URL",
         default_value = "http://127.0.0.1:50051"
     )]
     pub book_svc_url: String,
-    /// Deadline of the synchronous stock check, in milliseconds.
+    /// Deadline of the synchronous stock hold, in milliseconds.
     #[arg(
         long = "stock-check-timeout-ms",
         env = "LIBRARY_STOCK_CHECK_TIMEOUT_MS",
         default_value_t = 200
     )]
     pub stock_check_timeout_ms: u64,
+    /// Seconds between two looks at the holds book-svc shows unconfirmed after their lifetime
+    /// (`LIBRARY_STOCK_HOLD_TTL`), to give back or confirm.
+    #[arg(
+        long = "hold-settle-interval",
+        env = "LIBRARY_HOLD_SETTLE_INTERVAL",
+        default_value = "30",
+        value_parser = library_platform::config::parse_seconds
+    )]
+    pub hold_settle_interval: Duration,
     /// Loan period in days.
     #[arg(long = "loan-days", env = "LIBRARY_LOAN_DAYS", default_value_t = 14)]
     pub loan_days: u32,
@@ -143,7 +153,7 @@ impl Application {
             &config.book_svc_url,
             Duration::from_millis(config.stock_check_timeout_ms),
         )?;
-        let stock = stock::StockChecker::new(channel, Duration::from_millis(config.stock_check_timeout_ms));
+        let stock = stock::StockGuard::new(channel, Duration::from_millis(config.stock_check_timeout_ms));
         let url = config.database.url_or_default("borrow");
         let db = library_platform::database::connect_and_migrate::<Migrator>(&url).await?;
         let (audit, audit_writer) = match &config.audit_dir {
@@ -169,6 +179,11 @@ impl Application {
             &tracker,
             shutdown.clone(),
         );
+        tracker.spawn(settle_expired_holds(
+            circulation.clone(),
+            config.hold_settle_interval,
+            shutdown.clone(),
+        ));
         let background = Background {
             relay: Relay::new(db, bus, &outbox),
             tracker,
@@ -222,4 +237,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .await
     })
     .await
+}
+
+/// Settles the holds left unconfirmed after their lifetime ([`Circulation::settle_expired_holds`]),
+/// every `interval` until `shutdown`.
+async fn settle_expired_holds(circulation: Circulation, interval: Duration, shutdown: CancellationToken) {
+    const BATCH: i32 = 100;
+    loop {
+        match circulation.settle_expired_holds(BATCH).await {
+            Ok(settled) if settled == BATCH as usize => continue,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot settle expired holds; trying again later"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }

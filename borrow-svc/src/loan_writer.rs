@@ -36,13 +36,17 @@ const PARALLEL_BATCHES: usize = 2;
 /// Borrows waiting for a batch before callers wait to hand theirs over.
 const QUEUE: usize = 1024;
 
-/// A borrow that passed its checks (quantity, stock) and is to be stored as PENDING.
+/// A borrow that passed its checks (quantity, stock), to be stored ACTIVE on the copies
+/// book-svc holds for it, or PENDING when it could not hold them.
 #[derive(Clone, Debug)]
 pub struct NewLoan {
+    /// The loan's id, chosen before the hold that names it.
+    pub id: String,
     pub user_id: String,
     pub book_id: String,
     pub quantity: i32,
     pub idempotency_key: Option<String>,
+    pub stock_held: bool,
 }
 
 type Reply = oneshot::Sender<Result<Loan, CirculationError>>;
@@ -73,7 +77,8 @@ impl LoanWriter {
         Self { jobs }
     }
 
-    /// Stores `loan` as PENDING with its `BookBorrowed` event, or says why not.
+    /// Stores `loan` (ACTIVE when its copies are held, PENDING when not) with its
+    /// `BookBorrowed` event, or says why not.
     ///
     /// # Errors
     /// The reader's limit, or a database failure.
@@ -200,7 +205,7 @@ impl LoanStore {
     async fn store_all_within_limit(&self, new: &[NewLoan]) -> Result<Option<Vec<Loan>>, Undecided> {
         let now = Utc::now();
         let due_at = self.policy.due_at(now);
-        let stored: Vec<Loan> = new.iter().map(|n| pending_loan(n, now, due_at)).collect();
+        let stored: Vec<Loan> = new.iter().map(|n| new_loan(n, now, due_at)).collect();
         let mut inserts = self.inserts_of(&stored);
         inserts.push(allowances(new, self.policy.max_copies()));
         let txn = self.db.begin().await?;
@@ -242,7 +247,7 @@ impl LoanStore {
             .iter()
             .map(|new| {
                 if allowed.contains(&new.user_id) {
-                    Ok(pending_loan(new, now, due_at))
+                    Ok(new_loan(new, now, due_at))
                 } else {
                     Err(CirculationError::LimitReached {
                         outstanding: outstanding.get(&new.user_id).copied().unwrap_or_default(),
@@ -274,7 +279,7 @@ impl LoanStore {
         let events = loans.iter().map(|loan| EventEnvelope::of(&borrowed_event(loan)));
         std::iter::once(loans::Entity::insert_many(models).into_query())
             .chain(Outbox::insert_of(events))
-            .chain(self.audit.insert_of(loans.iter().map(borrowed_transition)))
+            .chain(self.audit.insert_of(loans.iter().flat_map(stored_transitions)))
             .collect()
     }
 
@@ -298,14 +303,19 @@ impl LoanStore {
     }
 }
 
-fn pending_loan(new: &NewLoan, now: chrono::DateTime<Utc>, due_at: chrono::DateTime<Utc>) -> Loan {
+fn new_loan(new: &NewLoan, now: chrono::DateTime<Utc>, due_at: chrono::DateTime<Utc>) -> Loan {
+    let status = if new.stock_held {
+        LoanStatus::Active
+    } else {
+        LoanStatus::Pending
+    };
     Loan {
-        id: new_id(),
+        id: new.id.clone(),
         user_id: new.user_id.clone(),
         book_id: new.book_id.clone(),
         quantity: new.quantity,
         returned_quantity: 0,
-        status: LoanStatus::Pending.as_str().to_owned(),
+        status: status.as_str().to_owned(),
         borrowed_at: now,
         due_at,
         late_fee: 0,
@@ -315,13 +325,24 @@ fn pending_loan(new: &NewLoan, now: chrono::DateTime<Utc>, due_at: chrono::DateT
     }
 }
 
-fn borrowed_transition(loan: &Loan) -> Transition<'_> {
-    Transition {
+/// A loan stored ACTIVE (on copies held for it) is borrowed and activated at once.
+fn stored_transitions(loan: &Loan) -> Vec<Transition<'_>> {
+    let borrowed = Transition {
         kind: "borrowed",
         loan_id: &loan.id,
         user_id: &loan.user_id,
         detail: json!({"book_id": loan.book_id, "quantity": loan.quantity}),
+    };
+    if loan.status != LoanStatus::Active.as_str() {
+        return vec![borrowed];
     }
+    let activated = Transition {
+        kind: "activated",
+        loan_id: &loan.id,
+        user_id: &loan.user_id,
+        detail: json!({"quantity": loan.quantity}),
+    };
+    vec![borrowed, activated]
 }
 
 fn borrowed_event(loan: &Loan) -> BookBorrowed {
@@ -333,6 +354,7 @@ fn borrowed_event(loan: &Loan) -> BookBorrowed {
         book_id: loan.book_id.clone(),
         quantity: loan.quantity,
         due_at: Some(to_timestamp(loan.due_at)),
+        stock_held: loan.status == LoanStatus::Active.as_str(),
     }
 }
 

@@ -371,6 +371,9 @@ impl System {
                     ("BOOK_GRPC_ADDR", format!("127.0.0.1:{book_port}")),
                     ("DATABASE_URL", databases[0].clone()),
                     ("AMQP_URL", amqp_url.clone()),
+                    // A borrow-svc killed between a hold and its loan leaves holds that settle
+                    // within the tests' waits.
+                    ("LIBRARY_STOCK_HOLD_TTL", "1".to_owned()),
                 ]),
                 &dir,
                 Some(book_port),
@@ -382,6 +385,7 @@ impl System {
                     ("BORROW_GRPC_ADDR", format!("127.0.0.1:{borrow_port}")),
                     ("BOOK_SVC_URL", format!("http://127.0.0.1:{book_port}")),
                     ("LIBRARY_STOCK_CHECK_TIMEOUT_MS", STOCK_CHECK_TIMEOUT_MS.to_owned()),
+                    ("LIBRARY_HOLD_SETTLE_INTERVAL", "0.2".to_owned()),
                     ("DATABASE_URL", databases[1].clone()),
                     ("AMQP_URL", amqp_url.clone()),
                     ("LIBRARY_AUDIT_DIR", audit_dir(&dir).display().to_string()),

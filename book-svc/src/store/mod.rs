@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let mut migrations = library_platform::bus::bus_migrations();
         migrations.push(Box::new(CreateCatalog));
+        migrations.push(Box::new(AddStockHolds));
         migrations
     }
 }
@@ -37,6 +38,8 @@ enum Reservations {
     BookId,
     Quantity,
     CreatedAt,
+    HeldUntil,
+    UserId,
 }
 
 struct CreateCatalog;
@@ -115,6 +118,54 @@ impl MigrationTrait for CreateCatalog {
                     .name("reservations_book")
                     .table(Reservations::Table)
                     .col(Reservations::BookId)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Copies held for a borrow before its loan is stored (`HoldStock`): a reservation with a
+/// `held_until` until the loan's `BookBorrowed` confirms it (null: confirmed, as every
+/// reservation the saga makes).
+struct AddStockHolds;
+
+impl MigrationName for AddStockHolds {
+    fn name(&self) -> &str {
+        "m20261126_000001_add_stock_holds"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for AddStockHolds {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Reservations::Table)
+                    .add_column(
+                        ColumnDef::new(Reservations::HeldUntil)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        // SQLite adds one column a statement.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Reservations::Table)
+                    .add_column(ColumnDef::new(Reservations::UserId).string_len(128).null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("reservations_held_until")
+                    .table(Reservations::Table)
+                    .col(Reservations::HeldUntil)
                     .if_not_exists()
                     .to_owned(),
             )

@@ -30,9 +30,23 @@ impl App {
 }
 
 pub async fn spawn_app() -> App {
+    spawn(system_bus(&fresh_bus_names()), &[]).await
+}
+
+/// A book-svc on `bus` (e.g. an in-process bus a test listens on).
+pub async fn spawn_app_on(bus: library_platform::bus::EventBus) -> App {
+    spawn(bus, &[]).await
+}
+
+/// A book-svc with more flags, e.g. `["--stock-hold-ttl", "0"]`.
+pub async fn spawn_app_with(extra: &[&str]) -> App {
+    spawn(system_bus(&fresh_bus_names()), extra).await
+}
+
+async fn spawn(bus: library_platform::bus::EventBus, extra: &[&str]) -> App {
     init_tracing();
     let url = fresh_postgres_database("book").await;
-    let config = book_svc::Config::try_parse_from([
+    let mut args = vec![
         "book-svc",
         "--book-grpc-addr",
         "127.0.0.1:0",
@@ -40,9 +54,9 @@ pub async fn spawn_app() -> App {
         "127.0.0.1:0",
         "--database-url",
         &url,
-    ])
-    .expect("config");
-    let bus = system_bus(&fresh_bus_names());
+    ];
+    args.extend_from_slice(extra);
+    let config = book_svc::Config::try_parse_from(args).expect("config");
     let shutdown = CancellationToken::new();
     let app = book_svc::Application::build(&config, bus, shutdown.clone())
         .await

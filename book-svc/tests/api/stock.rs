@@ -1,10 +1,17 @@
 //! book-svc's side of the saga: reservations and releases, once each, never below zero.
 use futures::future::join_all;
+use library_platform::bus::EventBus;
 use library_platform::bus::EventEnvelope;
-use library_proto::book::{CheckStockRequest, CreateBookRequest, GetBookRequest};
-use library_proto::events::{BookBorrowed, BookReturned, LoanCanceled};
+use library_platform::{CancellationToken, TaskTracker};
+use library_proto::DomainEvent;
+use library_proto::book::{
+    CheckStockRequest, ConfirmHoldsRequest, CreateBookRequest, GetBookRequest, HoldStockRequest,
+    ListExpiredHoldsRequest, ReleaseHoldRequest,
+};
+use library_proto::events::{BookBorrowed, BookReturned, LoanCanceled, StockReserved};
+use prost::Message;
 
-use crate::helpers::{App, spawn_app};
+use crate::helpers::{App, spawn_app, spawn_app_on};
 
 fn borrowed(book_id: &str, quantity: i32) -> BookBorrowed {
     BookBorrowed {
@@ -73,14 +80,13 @@ async fn the_same_event_delivered_twice_takes_effect_once() {
         app.deliver(&event).await.unwrap();
     }
     assert_eq!(available(&app, &id).await, 3);
-    // Even under another event id, a second reservation for the same loan is refused whole
-    // (the reservation is keyed by loan), so the stock is not taken twice.
+    // Even under another event id, the same loan is not reserved twice: its reservation is
+    // found by the loan's id.
     let replay = BookBorrowed {
         event_id: uuid::Uuid::now_v7().to_string(),
         ..event.clone()
     };
-    let outcome = app.deliver(&replay).await;
-    assert!(outcome.is_err(), "{outcome:?}");
+    app.deliver(&replay).await.unwrap();
     assert_eq!(available(&app, &id).await, 3);
 
     let returned = BookReturned {
@@ -185,4 +191,200 @@ async fn concurrent_stock_checks_each_answer_for_their_own_book_and_see_every_co
 
     let unknown = check(uuid::Uuid::new_v4().to_string(), 1).await;
     assert_eq!(unknown.expect_err("unknown book").code(), tonic::Code::NotFound);
+}
+
+fn hold(loan_id: &str, book_id: &str, quantity: i32) -> HoldStockRequest {
+    HoldStockRequest {
+        loan_id: loan_id.into(),
+        user_id: "reader".into(),
+        book_id: book_id.into(),
+        quantity,
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[tokio::test]
+async fn a_hold_takes_copies_at_once_and_once_per_loan_and_only_an_unconfirmed_one_goes_back() {
+    let app = spawn_app().await;
+    let id = book_with(&app, 5).await;
+    let mut client = app.client().await;
+    let loan = new_id();
+    let first = client.hold_stock(hold(&loan, &id, 2)).await.unwrap().into_inner();
+    assert_eq!((first.held, first.available), (true, 3));
+    let again = client.hold_stock(hold(&loan, &id, 2)).await.unwrap().into_inner();
+    assert_eq!(
+        (again.held, again.available),
+        (true, 3),
+        "a repeated hold takes nothing more"
+    );
+    let short = client.hold_stock(hold(&new_id(), &id, 4)).await.unwrap().into_inner();
+    assert_eq!(
+        (short.held, short.available),
+        (false, 3),
+        "too few copies: nothing held"
+    );
+    let unknown = client.hold_stock(hold(&new_id(), &new_id(), 1)).await;
+    assert_eq!(unknown.expect_err("unknown book").code(), tonic::Code::NotFound);
+
+    // The loan's BookBorrowed confirms the hold and takes nothing more; a confirmed hold is no
+    // longer given back.
+    let stored = BookBorrowed {
+        loan_id: loan.clone(),
+        stock_held: true,
+        ..borrowed(&id, 2)
+    };
+    app.deliver(&stored).await.unwrap();
+    assert_eq!(available(&app, &id).await, 3);
+    let release = |loan_id: &str| ReleaseHoldRequest {
+        loan_id: loan_id.into(),
+    };
+    let kept = client.release_hold(release(&loan)).await.unwrap().into_inner();
+    assert_eq!(kept.released, 0);
+    assert_eq!(available(&app, &id).await, 3);
+
+    // A hold whose loan is never stored goes back once.
+    let refused = new_id();
+    client.hold_stock(hold(&refused, &id, 1)).await.unwrap();
+    assert_eq!(available(&app, &id).await, 2);
+    assert_eq!(
+        client
+            .release_hold(release(&refused))
+            .await
+            .unwrap()
+            .into_inner()
+            .released,
+        1
+    );
+    assert_eq!(
+        client
+            .release_hold(release(&refused))
+            .await
+            .unwrap()
+            .into_inner()
+            .released,
+        0
+    );
+    assert_eq!(available(&app, &id).await, 3);
+
+    // Its loan's copies come back as any loan's.
+    let returned = BookReturned {
+        event_id: new_id(),
+        loan_id: loan.clone(),
+        book_id: id.clone(),
+        quantity: 2,
+        ..Default::default()
+    };
+    app.deliver(&returned).await.unwrap();
+    assert_eq!(available(&app, &id).await, 5);
+}
+
+#[tokio::test]
+async fn holds_racing_for_the_last_copies_are_served_first_come_never_below_zero() {
+    let app = spawn_app().await;
+    let id = book_with(&app, 10).await;
+    let client = app.client().await;
+    let replies = join_all((0..50).map(|_| {
+        let mut client = client.clone();
+        let request = hold(&new_id(), &id, 1);
+        async move { client.hold_stock(request).await.map(|reply| reply.into_inner()) }
+    }))
+    .await;
+    let held = replies
+        .iter()
+        .filter(|reply| reply.as_ref().expect("answered").held)
+        .count();
+    assert_eq!(held, 10);
+    assert_eq!(available(&app, &id).await, 0);
+}
+
+#[tokio::test]
+async fn a_held_loan_stored_pending_hears_stock_reserved_without_taking_twice() {
+    // In-process bus, so the test hears what the relay publishes.
+    let bus = EventBus::in_process();
+    let reserved = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (tracker, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let heard = reserved.clone();
+    bus.listen(
+        &[StockReserved::ROUTING_KEY],
+        move |envelope| {
+            if let Ok(event) = StockReserved::decode(envelope.payload.as_slice()) {
+                heard.lock().expect("not poisoned").push(event.loan_id);
+            }
+        },
+        &tracker,
+        shutdown.clone(),
+    );
+    let app = spawn_app_on(bus).await;
+    let id = book_with(&app, 4).await;
+    let loan = new_id();
+    app.client().await.hold_stock(hold(&loan, &id, 3)).await.unwrap();
+    // borrow-svc did not hear the hold's answer (its deadline passed) and stored the loan PENDING.
+    let stored = BookBorrowed {
+        loan_id: loan.clone(),
+        stock_held: false,
+        ..borrowed(&id, 3)
+    };
+    app.deliver(&stored).await.unwrap();
+    assert_eq!(available(&app, &id).await, 1, "the hold's copies, not taken again");
+    let told = library_platform::test_support::eventually(std::time::Duration::from_secs(10), || async {
+        reserved.lock().expect("not poisoned").contains(&loan)
+    })
+    .await;
+    assert!(told, "StockReserved for the loan was published");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn expired_holds_are_listed_until_confirmed_or_released() {
+    let app = spawn_app_on_with_ttl("0").await;
+    let id = book_with(&app, 6).await;
+    let mut client = app.client().await;
+    let (kept, dropped) = (new_id(), new_id());
+    client.hold_stock(hold(&kept, &id, 1)).await.unwrap();
+    client.hold_stock(hold(&dropped, &id, 2)).await.unwrap();
+    let expired = |client: &mut library_proto::book::book_service_client::BookServiceClient<_>| {
+        let mut client = client.clone();
+        async move {
+            let holds = client
+                .list_expired_holds(ListExpiredHoldsRequest { limit: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+                .holds;
+            holds
+                .into_iter()
+                .map(|hold| (hold.loan_id, hold.user_id, hold.quantity))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        expired(&mut client).await,
+        [
+            (kept.clone(), "reader".to_owned(), 1),
+            (dropped.clone(), "reader".to_owned(), 2)
+        ]
+    );
+    client
+        .confirm_holds(ConfirmHoldsRequest {
+            loan_ids: vec![kept.clone()],
+        })
+        .await
+        .unwrap();
+    client
+        .release_hold(ReleaseHoldRequest {
+            loan_id: dropped.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(expired(&mut client).await.is_empty());
+    assert_eq!(available(&app, &id).await, 5, "the confirmed hold keeps its copy");
+    let too_many = client.list_expired_holds(ListExpiredHoldsRequest { limit: 1001 }).await;
+    assert_eq!(too_many.expect_err("refused").code(), tonic::Code::InvalidArgument);
+}
+
+async fn spawn_app_on_with_ttl(ttl: &str) -> App {
+    crate::helpers::spawn_app_with(&["--stock-hold-ttl", ttl]).await
 }

@@ -3,7 +3,7 @@ use library_platform::bus::EventBus;
 use library_platform::test_support::system_bus;
 use library_proto::borrow::LoanStatus;
 
-use crate::helpers::{System, WAIT, eventually, start_book, start_borrow};
+use crate::helpers::{System, WAIT, eventually, holds_in, start_book, start_borrow};
 
 #[tokio::test]
 async fn with_book_svc_stopped_an_over_borrow_is_accepted_then_canceled_by_the_saga() {
@@ -49,10 +49,16 @@ async fn a_crash_between_the_loans_commit_and_its_publication_still_delivers_the
     let loan = client.clone().borrow(request).await.expect("committed").into_inner();
     drop(crashing); // killed before its relay could publish
 
-    // The loan is PENDING, its event in the outbox; the restarted service publishes it.
-    assert_eq!(system.loan(&loan.id).await.status(), LoanStatus::Pending);
+    // The loan is ACTIVE on its held copies, its event in the outbox, the hold unconfirmed; the
+    // restarted service publishes the event, which confirms the hold.
+    assert_eq!(system.loan(&loan.id).await.status(), LoanStatus::Active);
+    assert_eq!(system.book(&book.id).await.available_copies, 1);
     let restarted = start_borrow(&system.borrow_db, system_bus(&system.names), system.book_port, &[]).await;
-    system.wait_for_status(&loan.id, LoanStatus::Active).await;
-    assert!(eventually(WAIT, || async { system.book(&book.id).await.available_copies == 1 }).await);
+    let confirmed = eventually(WAIT, || async {
+        holds_in(&system.book_db).await.get(&loan.id) == Some(&(2, true))
+    })
+    .await;
+    assert!(confirmed, "BookBorrowed reached book-svc and confirmed the hold");
+    assert_eq!(system.book(&book.id).await.available_copies, 1);
     drop(restarted);
 }

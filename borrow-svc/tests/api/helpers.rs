@@ -40,14 +40,20 @@ impl Drop for Running {
 }
 
 pub async fn start_book(database_url: &str, names: &BusNames) -> Running {
-    let config = book_svc::Config::try_parse_from([
+    start_book_with(database_url, names, &[]).await
+}
+
+/// `extra`: book-svc flags, e.g. `["--stock-hold-ttl", "0.5"]`.
+pub async fn start_book_with(database_url: &str, names: &BusNames, extra: &[&str]) -> Running {
+    let mut args = vec![
         "book-svc",
         "--book-grpc-addr",
         "127.0.0.1:0",
         "--database-url",
         database_url,
-    ])
-    .expect("config");
+    ];
+    args.extend_from_slice(extra);
+    let config = book_svc::Config::try_parse_from(args).expect("config");
     let shutdown = CancellationToken::new();
     let app = book_svc::Application::build(&config, system_bus(names), shutdown.clone())
         .await
@@ -106,11 +112,16 @@ impl System {
 
     /// `extra`: borrow-svc flags, e.g. `["--max-copies-per-user", "15"]`.
     pub async fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_both(&[], extra).await
+    }
+
+    /// `book_extra`: book-svc flags; `extra`: borrow-svc flags.
+    pub async fn start_with_both(book_extra: &[&str], extra: &[&str]) -> Self {
         init_tracing();
         let names = fresh_bus_names();
         let book_db = fresh_postgres_database("book").await;
         let borrow_db = fresh_postgres_database("borrow").await;
-        let book = start_book(&book_db, &names).await;
+        let book = start_book_with(&book_db, &names, book_extra).await;
         let borrow = start_borrow(&borrow_db, system_bus(&names), book.port, extra).await;
         Self {
             book_port: book.port,
@@ -248,4 +259,25 @@ impl System {
 
 pub fn reason(status: &tonic::Status) -> Option<&str> {
     library_platform::grpc::reason_of(status)
+}
+
+/// The holds of book-svc's database: loan id -> (copies, confirmed).
+pub async fn holds_in(book_db: &str) -> std::collections::HashMap<String, (i32, bool)> {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let db = Database::connect(book_db).await.expect("book database");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT loan_id, quantity, held_until IS NULL AS confirmed FROM reservations",
+        ))
+        .await
+        .expect("reservations");
+    rows.iter()
+        .map(|row| {
+            let loan: String = row.try_get("", "loan_id").expect("loan_id");
+            let quantity: i32 = row.try_get("", "quantity").expect("quantity");
+            let confirmed: bool = row.try_get("", "confirmed").expect("confirmed");
+            (loan, (quantity, confirmed))
+        })
+        .collect()
 }

@@ -4,4 +4,5 @@ mod borrowing;
 mod concurrency;
 mod faults;
 mod helpers;
+mod holds;
 mod returning;
