@@ -346,8 +346,9 @@ impl Catalog {
     /// The book side of the borrow saga, for a run of loans at once, inside the consumer's
     /// transaction. A loan whose copies were held at the borrow (`HoldStock`) has its hold
     /// confirmed; when borrow-svc did not hear of the hold (it stored the loan PENDING), it is
-    /// told with `StockReserved`. Every other loan's copies are reserved (`StockReserved`) or
-    /// refused (`OutOfStock`), first come first served ([`take_for_loans`]).
+    /// told with `StockReserved`. A loan stored on a hold that is no longer there (settled after
+    /// the loan closed) takes nothing. Every other loan's copies are reserved (`StockReserved`)
+    /// or refused (`OutOfStock`), first come first served ([`take_for_loans`]).
     ///
     /// # Errors
     /// A database failure: the deliveries are retried.
@@ -371,6 +372,13 @@ impl Catalog {
             .collect();
         let (already, to_reserve): (Vec<BookBorrowed>, Vec<BookBorrowed>) =
             borrowed.into_iter().partition(|loan| held.contains(&loan.loan_id));
+        // A loan stored on a hold that is gone: borrow-svc settled it because the loan had
+        // closed before this event came (its copies are back, or were never to be taken again).
+        let (settled, to_reserve): (Vec<BookBorrowed>, Vec<BookBorrowed>) =
+            to_reserve.into_iter().partition(|loan| loan.stock_held);
+        for loan in &settled {
+            tracing::info!(loan_id = %loan.loan_id, "the loan's hold was settled before its BookBorrowed came; nothing to reserve");
+        }
         let wants: Vec<Want> = to_reserve.iter().map(Want::of).collect();
         let taken = take_for_loans(txn, &wants).await?;
         // The books of confirmed holds, read without their row locks (the holds took the

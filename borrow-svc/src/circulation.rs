@@ -465,9 +465,7 @@ impl Circulation {
     }
 
     /// Saga compensation: too little stock, the PENDING loan is CANCELED and `LoanCanceled`
-    /// gives its outstanding copies back to the reader's count. An ACTIVE loan hears this only
-    /// when it was stored on a hold that had already expired (its borrow-svc stalled for the
-    /// hold's whole lifetime) and the copies were gone by the time its `BookBorrowed` came.
+    /// gives its copies back to the reader's count.
     ///
     /// # Errors
     /// A database failure: the delivery is retried.
@@ -475,10 +473,9 @@ impl Circulation {
         let Some(loan) = lock_loan(txn, &refused.loan_id).await? else {
             return Ok(());
         };
-        if !matches!(status_of(&loan), LoanStatus::Pending | LoanStatus::Active) {
+        if status_of(&loan) != LoanStatus::Pending {
             return Ok(());
         }
-        let outstanding = loan.quantity - loan.returned_quantity;
         let reason = format!(
             "{} (requested {}, available {})",
             refused.reason, refused.requested, refused.available_copies
@@ -489,14 +486,14 @@ impl Circulation {
         active.cancel_reason = Set(Some(reason.clone()));
         active.updated_at = Set(now);
         active.update(txn).await?;
-        add_outstanding(txn, &loan.user_id, -outstanding).await?;
+        add_outstanding(txn, &loan.user_id, -loan.quantity).await?;
         let canceled = LoanCanceled {
             event_id: new_id(),
             occurred_at: Some(to_timestamp(now)),
             loan_id: loan.id.clone(),
             user_id: loan.user_id.clone(),
             book_id: loan.book_id.clone(),
-            quantity: outstanding,
+            quantity: loan.quantity,
             reason: reason.clone(),
         };
         self.outbox.enqueue(txn, &canceled).await?;

@@ -373,7 +373,7 @@ impl System {
                     ("AMQP_URL", amqp_url.clone()),
                     // A borrow-svc killed between a hold and its loan leaves holds that settle
                     // within the tests' waits.
-                    ("LIBRARY_STOCK_HOLD_TTL", "1".to_owned()),
+                    ("LIBRARY_STOCK_HOLD_TTL", "3".to_owned()),
                 ]),
                 &dir,
                 Some(book_port),

@@ -268,6 +268,14 @@ async fn a_hold_takes_copies_at_once_and_once_per_loan_and_only_an_unconfirmed_o
         0
     );
     assert_eq!(available(&app, &id).await, 3);
+    // A loan whose hold was settled (given back) before its BookBorrowed came takes nothing.
+    let late = BookBorrowed {
+        loan_id: refused.clone(),
+        stock_held: true,
+        ..borrowed(&id, 1)
+    };
+    app.deliver(&late).await.unwrap();
+    assert_eq!(available(&app, &id).await, 3);
 
     // Its loan's copies come back as any loan's.
     let returned = BookReturned {

@@ -7,8 +7,8 @@ use library_proto::borrow::LoanStatus;
 
 use crate::helpers::{System, WAIT, eventually, holds_in, reason, start_borrow};
 
-/// book-svc's holds expire after 0.3 s; borrow-svc looks at expired ones every 0.1 s.
-const SHORT_HOLDS: [&str; 2] = ["--stock-hold-ttl", "0.3"];
+/// book-svc's holds expire after 1 s; borrow-svc looks at expired ones every 0.1 s.
+const SHORT_HOLDS: [&str; 2] = ["--stock-hold-ttl", "1"];
 const FAST_SETTLING: [&str; 2] = ["--hold-settle-interval", "0.1"];
 
 #[tokio::test]
