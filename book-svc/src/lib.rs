@@ -16,6 +16,7 @@
 //! - `catalog`: the use cases, each a transaction with its outbox events.
 //! - `grpc`: the tonic service.
 //! - `events`: what it consumes and the watch feed.
+mod batches;
 mod catalog;
 pub mod domain;
 mod events;

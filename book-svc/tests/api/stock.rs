@@ -24,6 +24,16 @@ fn borrowed(book_id: &str, quantity: i32) -> BookBorrowed {
     }
 }
 
+fn returned(loan_id: &str, book_id: &str, quantity: i32) -> BookReturned {
+    BookReturned {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        loan_id: loan_id.into(),
+        book_id: book_id.into(),
+        quantity,
+        ..Default::default()
+    }
+}
+
 async fn book_with(app: &App, copies: i32) -> String {
     let request = CreateBookRequest {
         isbn: None,
@@ -55,14 +65,7 @@ async fn fifty_concurrent_reservations_of_one_copy_against_ten_reserve_exactly_t
 
     // Each loan's copies come back once; then the shelf is full again.
     for event in &events {
-        let returned = BookReturned {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            loan_id: event.loan_id.clone(),
-            book_id: id.clone(),
-            quantity: 1,
-            ..Default::default()
-        };
-        app.deliver(&returned).await.unwrap();
+        app.deliver(&returned(&event.loan_id, &id, 1)).await.unwrap();
     }
     assert_eq!(
         available(&app, &id).await,
@@ -89,13 +92,7 @@ async fn the_same_event_delivered_twice_takes_effect_once() {
     app.deliver(&replay).await.unwrap();
     assert_eq!(available(&app, &id).await, 3);
 
-    let returned = BookReturned {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        loan_id: event.loan_id.clone(),
-        book_id: id.clone(),
-        quantity: 2,
-        ..Default::default()
-    };
+    let returned = returned(&event.loan_id, &id, 2);
     for _ in 0..2 {
         app.deliver(&returned).await.unwrap();
     }
@@ -147,15 +144,7 @@ async fn a_batch_serves_its_loans_first_come_first_served_per_book_and_only_thos
     // Releasing every loan gives back exactly what was reserved, and only once.
     let returns: Vec<_> = loans
         .iter()
-        .map(|loan| {
-            EventEnvelope::of(&BookReturned {
-                event_id: uuid::Uuid::now_v7().to_string(),
-                loan_id: loan.loan_id.clone(),
-                book_id: loan.book_id.clone(),
-                quantity: loan.quantity,
-                ..Default::default()
-            })
-        })
+        .map(|loan| EventEnvelope::of(&returned(&loan.loan_id, &loan.book_id, loan.quantity)))
         .collect();
     assert!(app.saga.apply_batch(&returns).await.iter().all(Result::is_ok));
     assert_eq!(available(&app, &popular).await, 10);
@@ -202,6 +191,15 @@ fn hold(loan_id: &str, book_id: &str, quantity: i32) -> HoldStockRequest {
     }
 }
 
+/// The `BookBorrowed` of a loan stored ACTIVE on the copies held for it.
+fn borrowed_on_hold(loan_id: &str, book_id: &str, quantity: i32) -> BookBorrowed {
+    BookBorrowed {
+        loan_id: loan_id.into(),
+        stock_held: true,
+        ..borrowed(book_id, quantity)
+    }
+}
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -231,61 +229,32 @@ async fn a_hold_takes_copies_at_once_and_once_per_loan_and_only_an_unconfirmed_o
 
     // The loan's BookBorrowed confirms the hold and takes nothing more; a confirmed hold is no
     // longer given back.
-    let stored = BookBorrowed {
-        loan_id: loan.clone(),
-        stock_held: true,
-        ..borrowed(&id, 2)
-    };
-    app.deliver(&stored).await.unwrap();
+    app.deliver(&borrowed_on_hold(&loan, &id, 2)).await.unwrap();
     assert_eq!(available(&app, &id).await, 3);
-    let release = |loan_id: &str| ReleaseHoldRequest {
-        loan_id: loan_id.into(),
+    let releaser = client.clone();
+    let release = |loan_id: String| {
+        let mut client = releaser.clone();
+        async move {
+            let request = ReleaseHoldRequest { loan_id };
+            client.release_hold(request).await.unwrap().into_inner().released
+        }
     };
-    let kept = client.release_hold(release(&loan)).await.unwrap().into_inner();
-    assert_eq!(kept.released, 0);
+    assert_eq!(release(loan.clone()).await, 0);
     assert_eq!(available(&app, &id).await, 3);
 
     // A hold whose loan is never stored goes back once.
     let refused = new_id();
     client.hold_stock(hold(&refused, &id, 1)).await.unwrap();
     assert_eq!(available(&app, &id).await, 2);
-    assert_eq!(
-        client
-            .release_hold(release(&refused))
-            .await
-            .unwrap()
-            .into_inner()
-            .released,
-        1
-    );
-    assert_eq!(
-        client
-            .release_hold(release(&refused))
-            .await
-            .unwrap()
-            .into_inner()
-            .released,
-        0
-    );
+    assert_eq!(release(refused.clone()).await, 1);
+    assert_eq!(release(refused.clone()).await, 0);
     assert_eq!(available(&app, &id).await, 3);
     // A loan whose hold was settled (given back) before its BookBorrowed came takes nothing.
-    let late = BookBorrowed {
-        loan_id: refused.clone(),
-        stock_held: true,
-        ..borrowed(&id, 1)
-    };
-    app.deliver(&late).await.unwrap();
+    app.deliver(&borrowed_on_hold(&refused, &id, 1)).await.unwrap();
     assert_eq!(available(&app, &id).await, 3);
 
     // Its loan's copies come back as any loan's.
-    let returned = BookReturned {
-        event_id: new_id(),
-        loan_id: loan.clone(),
-        book_id: id.clone(),
-        quantity: 2,
-        ..Default::default()
-    };
-    app.deliver(&returned).await.unwrap();
+    app.deliver(&returned(&loan, &id, 2)).await.unwrap();
     assert_eq!(available(&app, &id).await, 5);
 }
 

@@ -1,9 +1,8 @@
 //! Faults: book-svc down, and a crash between a loan's commit and its event's publication.
-use library_platform::bus::EventBus;
 use library_platform::test_support::system_bus;
 use library_proto::borrow::LoanStatus;
 
-use crate::helpers::{System, WAIT, eventually, holds_in, start_book, start_borrow};
+use crate::helpers::{System, WAIT, borrow_at, eventually, holds_in, start_book, start_borrow, start_cut_off_borrow};
 
 #[tokio::test]
 async fn with_book_svc_stopped_an_over_borrow_is_accepted_then_canceled_by_the_saga() {
@@ -32,21 +31,8 @@ async fn a_crash_between_the_loans_commit_and_its_publication_still_delivers_the
     let system = System::start().await;
     let book = system.create_book(3).await;
     // A second borrow-svc whose broker is unreachable: the loan commits, its event waits.
-    let down = EventBus::rabbitmq("amqp://guest:guest@127.0.0.1:1/%2f", system.names.clone()).unwrap();
-    let crashing = start_borrow(&system.borrow_db, down, system.book_port, &[]).await;
-    let client = library_proto::borrow::borrow_service_client::BorrowServiceClient::connect(format!(
-        "http://127.0.0.1:{}",
-        crashing.port
-    ))
-    .await
-    .unwrap();
-    let request = library_proto::borrow::BorrowRequest {
-        user_id: "ned".into(),
-        book_id: book.id.clone(),
-        quantity: 2,
-        idempotency_key: None,
-    };
-    let loan = client.clone().borrow(request).await.expect("committed").into_inner();
+    let crashing = start_cut_off_borrow(&system.borrow_db, &system.names, system.book_port, &[]).await;
+    let loan = borrow_at(crashing.port, "ned", &book.id, 2).await;
     drop(crashing); // killed before its relay could publish
 
     // The loan is ACTIVE on its held copies, its event in the outbox, the hold unconfirmed; the

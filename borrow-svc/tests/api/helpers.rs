@@ -281,3 +281,27 @@ pub async fn holds_in(book_db: &str) -> std::collections::HashMap<String, (i32, 
         })
         .collect()
 }
+
+/// A borrow-svc on `borrow_db` whose broker is unreachable: its loans commit, their events wait
+/// in the outbox.
+pub async fn start_cut_off_borrow(borrow_db: &str, names: &BusNames, book_port: u16, extra: &[&str]) -> Running {
+    let down = EventBus::rabbitmq("amqp://guest:guest@127.0.0.1:1/%2f", names.clone()).expect("bus");
+    start_borrow(borrow_db, down, book_port, extra).await
+}
+
+/// Borrows through the borrow-svc on `port`.
+pub async fn borrow_at(port: u16, user: &str, book_id: &str, quantity: i32) -> Loan {
+    let request = BorrowRequest {
+        user_id: user.into(),
+        book_id: book_id.into(),
+        quantity,
+        idempotency_key: None,
+    };
+    BorrowServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("borrow-svc reachable")
+        .borrow(request)
+        .await
+        .expect("borrowed")
+        .into_inner()
+}

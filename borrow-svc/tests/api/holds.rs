@@ -1,11 +1,10 @@
 //! Copies held at the borrow: given back when the loan is not stored, kept when it is, and
 //! settled when borrow-svc stopped in between.
 use futures::future::join_all;
-use library_platform::bus::EventBus;
 use library_proto::book::HoldStockRequest;
 use library_proto::borrow::LoanStatus;
 
-use crate::helpers::{System, WAIT, eventually, holds_in, reason, start_borrow};
+use crate::helpers::{System, WAIT, borrow_at, eventually, holds_in, reason, start_cut_off_borrow};
 
 /// book-svc's holds expire after 1 s; borrow-svc looks at expired ones every 0.1 s.
 const SHORT_HOLDS: [&str; 2] = ["--stock-hold-ttl", "1"];
@@ -92,21 +91,8 @@ async fn a_hold_whose_loan_waits_for_the_broker_is_confirmed_not_given_back() {
         book_port,
     } = system;
     borrow.stop().await;
-    let down = EventBus::rabbitmq("amqp://guest:guest@127.0.0.1:1/%2f", names.clone()).unwrap();
-    let cut_off = start_borrow(&borrow_db, down, book_port, &FAST_SETTLING).await;
-    let client = library_proto::borrow::borrow_service_client::BorrowServiceClient::connect(format!(
-        "http://127.0.0.1:{}",
-        cut_off.port
-    ))
-    .await
-    .unwrap();
-    let request = library_proto::borrow::BorrowRequest {
-        user_id: "bea".into(),
-        book_id: book.id.clone(),
-        quantity: 2,
-        idempotency_key: None,
-    };
-    let loan = client.clone().borrow(request).await.expect("stored").into_inner();
+    let cut_off = start_cut_off_borrow(&borrow_db, &names, book_port, &FAST_SETTLING).await;
+    let loan = borrow_at(cut_off.port, "bea", &book.id, 2).await;
     assert_eq!(loan.status(), LoanStatus::Active);
 
     let confirmed = eventually(WAIT, || async {
