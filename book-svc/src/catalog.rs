@@ -56,9 +56,9 @@ pub struct Catalog {
     holds: StockHolds,
 }
 
-/// How long a hold waits for its loan's `BookBorrowed` before its copies go back: far longer
-/// than a borrow takes to store its loan, so that only a borrow-svc stopped in between leaves
-/// one to expire.
+/// How long a hold waits for its loan's `BookBorrowed` before borrow-svc is shown it to settle
+/// (`ListExpiredHolds`): far longer than a borrow takes to store its loan, so that only a
+/// borrow-svc stopped in between, or a broker that is down, leaves one that long.
 pub const DEFAULT_HOLD_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn new_event_id() -> String {
@@ -87,7 +87,7 @@ impl Catalog {
         }
     }
 
-    /// The same catalogue, its holds given back after `ttl` unless confirmed.
+    /// The same catalogue, its holds shown to borrow-svc to settle after `ttl` unless confirmed.
     pub fn with_hold_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.holds = StockHolds::new(self.db.clone(), ttl);
         self
@@ -357,8 +357,8 @@ impl Catalog {
         txn: &DatabaseTransaction,
         borrowed: Vec<BookBorrowed>,
     ) -> Result<(), HandleError> {
-        // Confirming a hold locks it, so a release (a refused borrow, an expired hold) either
-        // went first and the loan is reserved afresh below, or finds it confirmed.
+        // Confirming a hold locks it, so a release (a refused borrow, a settled hold) either
+        // went first (and the loan takes nothing: see below) or finds it confirmed.
         let held: HashSet<String> = reservations::Entity::update_many()
             .col_expr(
                 reservations::Column::HeldUntil,
