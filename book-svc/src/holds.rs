@@ -31,7 +31,7 @@ impl StockHolds {
         }
     }
 
-    /// How long a hold keeps its copies unless its loan's `BookBorrowed` confirms it.
+    /// How long a hold waits for its loan's `BookBorrowed` before borrow-svc is shown it to settle.
     pub fn ttl(&self) -> Duration {
         self.batches.handler().ttl
     }
