@@ -59,7 +59,8 @@ if ! port_open 5432; then
   if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
     apt_install postgresql
   fi
-  version=$(ls /etc/postgresql | sort -V | tail -n1)
+  versions=(/etc/postgresql/*/)
+  version=$(printf '%s\n' "${versions[@]}" | xargs -n1 basename | sort -V | tail -n1)
   hba="/etc/postgresql/$version/main/pg_hba.conf"
   # Tests connect as postgres over TCP without a password, as on the CI machines.
   if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
