@@ -198,20 +198,23 @@ impl Circulation {
             .collect();
         let mut confirmed = Vec::new();
         for hold in &holds {
-            let open = match statuses.get(&hold.loan_id) {
-                Some(status) => matches!(status.parse(), Ok(LoanStatus::Pending | LoanStatus::Active)),
-                None if self.cancel_unstored(hold).await? => false,
+            let outcome = match statuses.get(&hold.loan_id) {
+                Some(status) if matches!(status.parse(), Ok(LoanStatus::Pending | LoanStatus::Active)) => {
+                    confirmed.push(hold.loan_id.clone());
+                    continue;
+                }
+                Some(_) => "released",
+                None if self.cancel_unstored(hold).await? => "never_stored",
                 // Stored since the list was read: settled at the next pass.
                 None => continue,
             };
-            if open {
-                confirmed.push(hold.loan_id.clone());
-            } else {
-                self.stock.release(&hold.loan_id).await?;
-                tracing::info!(loan_id = %hold.loan_id, "an expired hold went back on the shelf");
-            }
+            self.stock.release(&hold.loan_id).await?;
+            tracing::info!(loan_id = %hold.loan_id, "an expired hold went back on the shelf");
+            metrics::counter!("stock_holds_settled_total", "outcome" => outcome).increment(1);
         }
+        let count = confirmed.len() as u64;
         self.stock.confirm(confirmed).await?;
+        metrics::counter!("stock_holds_settled_total", "outcome" => "confirmed").increment(count);
         Ok(holds.len())
     }
 

@@ -203,6 +203,11 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
+    /// The port of `/metrics`, when `METRICS_ADDR` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.background.metrics_port()
+    }
+
     /// The circulation desk, for tests that drive it directly.
     pub fn circulation(&self) -> Circulation {
         self.circulation.clone()

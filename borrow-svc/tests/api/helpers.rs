@@ -20,6 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// One running service: its port and how to stop it.
 pub struct Running {
     pub port: u16,
+    /// Where `/metrics` is served, when the service was given `--metrics-addr`.
+    pub metrics_port: Option<u16>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -58,11 +60,12 @@ pub async fn start_book_with(database_url: &str, names: &BusNames, extra: &[&str
     let app = book_svc::Application::build(&config, system_bus(names), shutdown.clone())
         .await
         .expect("book-svc builds");
-    let port = app.port();
+    let (port, metrics_port) = (app.port(), app.metrics_port());
     let tracker = TaskTracker::new();
     tracker.spawn(async move { app.run_until_stopped().await.expect("book-svc runs") });
     Running {
         port,
+        metrics_port,
         shutdown,
         tracker,
     }
@@ -85,11 +88,12 @@ pub async fn start_borrow(database_url: &str, bus: EventBus, book_port: u16, ext
     let app = borrow_svc::Application::build(&config, bus, shutdown.clone())
         .await
         .expect("borrow-svc builds");
-    let port = app.port();
+    let (port, metrics_port) = (app.port(), app.metrics_port());
     let tracker = TaskTracker::new();
     tracker.spawn(async move { app.run_until_stopped().await.expect("borrow-svc runs") });
     Running {
         port,
+        metrics_port,
         shutdown,
         tracker,
     }
@@ -304,4 +308,19 @@ pub async fn borrow_at(port: u16, user: &str, book_id: &str, quantity: i32) -> L
         .await
         .expect("borrowed")
         .into_inner()
+}
+
+/// The body of `GET /metrics` on `port`.
+pub async fn metrics_at(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the metrics port accepts");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
 }

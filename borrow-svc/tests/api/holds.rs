@@ -4,7 +4,7 @@ use futures::future::join_all;
 use library_proto::book::HoldStockRequest;
 use library_proto::borrow::LoanStatus;
 
-use crate::helpers::{System, WAIT, borrow_at, eventually, holds_in, reason, start_cut_off_borrow};
+use crate::helpers::{System, WAIT, borrow_at, eventually, holds_in, metrics_at, reason, start_cut_off_borrow};
 
 /// book-svc's holds expire after 1 s; borrow-svc looks at expired ones every 0.1 s.
 const SHORT_HOLDS: [&str; 2] = ["--stock-hold-ttl", "1"];
@@ -38,7 +38,11 @@ async fn ten_borrows_with_one_idempotency_key_hold_copies_for_one_loan() {
 
 #[tokio::test]
 async fn a_hold_whose_loan_was_never_stored_goes_back_and_the_borrow_shows_canceled() {
-    let system = System::start_with_both(&SHORT_HOLDS, &FAST_SETTLING).await;
+    let system = System::start_with_both(
+        &SHORT_HOLDS,
+        &["--hold-settle-interval", "0.1", "--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
     let book = system.create_book(5).await;
     // What a borrow-svc killed between the hold and storing its loan leaves behind.
     let loan_id = uuid::Uuid::now_v7().to_string();
@@ -70,6 +74,11 @@ async fn a_hold_whose_loan_was_never_stored_goes_back_and_the_borrow_shows_cance
             .is_some_and(|reason| reason.contains("before its loan was stored"))
     );
     assert!(holds_in(&system.book_db).await.is_empty());
+    let metrics = metrics_at(system.borrow.metrics_port.expect("metrics served")).await;
+    assert!(
+        metrics.contains("stock_holds_settled_total{outcome=\"never_stored\"}"),
+        "{metrics}"
+    );
     // Nothing counts against the reader.
     let again = system.borrow("zed", &book.id, 5).await.expect("borrowed");
     assert_eq!(again.status(), LoanStatus::Active);
