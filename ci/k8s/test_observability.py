@@ -45,6 +45,8 @@ SERVICE_METRICS = {
     "events_consumed_total": ("counter", {"consumer", "outcome"}),
     "events_publish_seconds": ("histogram", set()),
     "events_consumed_lag_seconds": ("histogram", {"consumer"}),
+    # borrow-svc/src/circulation.rs: per expired hold settled.
+    "stock_holds_settled_total": ("counter", {"outcome"}),
 }
 # tonic's Code in Debug form, as both the gateway's client metrics and the services' server
 # metrics name a call's status.
@@ -69,6 +71,8 @@ LABEL_VALUES = {
     # consumer.rs: the Subscriptions' name; "applied", or "dead_lettered" when it went to the DLQ.
     "events_consumed_total": {"consumer": CONSUMERS, "outcome": {"applied", "dead_lettered"}},
     "events_consumed_lag_seconds": {"consumer": CONSUMERS},
+    # circulation.rs: the loan open, closed, or never stored.
+    "stock_holds_settled_total": {"outcome": {"confirmed", "released", "never_stored"}},
 }
 # Series from kube-state-metrics (installed by prometheus-values.yaml).
 OTHER_METRICS = {"kube_deployment_status_replicas_ready": ("gauge", {"deployment", "namespace"})}
