@@ -359,12 +359,7 @@ impl Catalog {
     ) -> Result<(), HandleError> {
         // Confirming a hold locks it, so a release (a refused borrow, a settled hold) either
         // went first (and the loan takes nothing: see below) or finds it confirmed.
-        let held: HashSet<String> = reservations::Entity::update_many()
-            .col_expr(
-                reservations::Column::HeldUntil,
-                Expr::value(Option::<chrono::DateTime<Utc>>::None),
-            )
-            .filter(reservations::Column::LoanId.is_in(borrowed.iter().map(|loan| loan.loan_id.as_str())))
+        let held: HashSet<String> = confirming(borrowed.iter().map(|loan| loan.loan_id.as_str()))
             .exec_with_returning(txn)
             .await?
             .into_iter()
@@ -448,8 +443,8 @@ impl Catalog {
     }
 
     /// Holds `quantity` copies of `book_id` for the loan `loan_id` about to be stored
-    /// (`HoldStock`), with the holds that arrive together in one transaction; answers whether
-    /// they are held and the copies left on the shelf.
+    /// (`HoldStock`), with the holds that arrive together ([`StockHolds`]); answers whether they
+    /// are held and the copies left on the shelf.
     ///
     /// # Errors
     /// Unknown book or a database failure.
@@ -514,14 +509,7 @@ impl Catalog {
         if loan_ids.is_empty() {
             return Ok(());
         }
-        reservations::Entity::update_many()
-            .col_expr(
-                reservations::Column::HeldUntil,
-                Expr::value(Option::<chrono::DateTime<Utc>>::None),
-            )
-            .filter(reservations::Column::LoanId.is_in(loan_ids.iter().map(String::as_str)))
-            .exec(&self.db)
-            .await?;
+        confirming(loan_ids.iter().map(String::as_str)).exec(&self.db).await?;
         Ok(())
     }
 
@@ -565,14 +553,7 @@ impl Catalog {
             .exec(txn)
             .await?;
         if let Some(book) = books::Entity::find_by_id(&reservation.book_id).one(txn).await? {
-            let event = StockReleased {
-                event_id: new_event_id(),
-                occurred_at: Some(to_timestamp(Utc::now())),
-                loan_id: loan_id.to_owned(),
-                book_id: book.id.clone(),
-                quantity: released,
-                available_copies: book.available_copies,
-            };
+            let event = stock_released(loan_id, &book.id, released, book.available_copies, Utc::now());
             self.outbox.enqueue(txn, &event).await?;
             self.outbox.enqueue(txn, &stock_changed(&book)).await?;
         }
@@ -825,20 +806,48 @@ async fn release_holds(txn: &DatabaseTransaction, holds: &[reservations::Model],
     let mut events = Vec::with_capacity(holds.len() + shelves.len());
     for hold in holds {
         tracing::info!(loan_id = %hold.loan_id, book_id = %hold.book_id, quantity = hold.quantity, why, "hold released");
-        events.push(EventEnvelope::of(&StockReleased {
-            event_id: new_event_id(),
-            occurred_at: Some(to_timestamp(now)),
-            loan_id: hold.loan_id.clone(),
-            book_id: hold.book_id.clone(),
-            quantity: hold.quantity,
-            available_copies: shelves.get(&hold.book_id).map_or(0, |book| book.available_copies),
-        }));
+        let available = shelves.get(&hold.book_id).map_or(0, |book| book.available_copies);
+        events.push(EventEnvelope::of(&stock_released(
+            &hold.loan_id,
+            &hold.book_id,
+            hold.quantity,
+            available,
+            now,
+        )));
     }
     events.extend(shelves.values().map(|book| EventEnvelope::of(&stock_changed(book))));
     if let Some(insert) = Outbox::insert_of(events) {
         txn.execute(&insert).await?;
     }
     Ok(holds.iter().map(|hold| hold.quantity).sum())
+}
+
+fn stock_released(
+    loan_id: &str,
+    book_id: &str,
+    quantity: i32,
+    available: i32,
+    now: chrono::DateTime<Utc>,
+) -> StockReleased {
+    StockReleased {
+        event_id: new_event_id(),
+        occurred_at: Some(to_timestamp(now)),
+        loan_id: loan_id.to_owned(),
+        book_id: book_id.to_owned(),
+        quantity,
+        available_copies: available,
+    }
+}
+
+/// Confirms the holds of these loans (and finds any reservation of theirs): a confirmed hold is
+/// never given back.
+fn confirming<'a>(loan_ids: impl IntoIterator<Item = &'a str>) -> sea_orm::UpdateMany<reservations::Entity> {
+    reservations::Entity::update_many()
+        .col_expr(
+            reservations::Column::HeldUntil,
+            Expr::value(Option::<chrono::DateTime<Utc>>::None),
+        )
+        .filter(reservations::Column::LoanId.is_in(loan_ids))
 }
 
 fn stock_reserved(loan: &BookBorrowed, available: i32, now: chrono::DateTime<Utc>) -> StockReserved {

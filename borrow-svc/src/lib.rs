@@ -245,18 +245,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// Settles the holds left unconfirmed after their lifetime ([`Circulation::settle_expired_holds`]),
-/// every `interval` until `shutdown`.
+/// every `interval` until `shutdown`; the first pass an interval after start, so that starting
+/// asks nothing of book-svc (a hold lives far longer than the interval).
 async fn settle_expired_holds(circulation: Circulation, interval: Duration, shutdown: CancellationToken) {
     const BATCH: i32 = 100;
     loop {
-        match circulation.settle_expired_holds(BATCH).await {
-            Ok(settled) if settled == BATCH as usize => continue,
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "cannot settle expired holds; trying again later"),
-        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+        // A full batch: more may be waiting.
+        while settle_pass(&circulation, BATCH).await == BATCH as usize {}
     }
+}
+
+/// One pass of [`Circulation::settle_expired_holds`]: the holds it looked at (none when it failed).
+async fn settle_pass(circulation: &Circulation, batch: i32) -> usize {
+    circulation.settle_expired_holds(batch).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot settle expired holds; trying again later");
+        0
+    })
 }

@@ -75,21 +75,7 @@ async fn spawn(bus: library_platform::bus::EventBus, extra: &[&str]) -> App {
 impl App {
     /// The body of `GET /metrics`.
     pub async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .await
-            .expect("the metrics port accepts");
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        assert!(
-            response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
-            "{response}"
-        );
-        response
+        library_platform::test_support::scrape_metrics(self.metrics_port).await
     }
 
     /// Delivers `event` to the saga consumer, as the bus would.

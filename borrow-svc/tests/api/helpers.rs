@@ -309,18 +309,3 @@ pub async fn borrow_at(port: u16, user: &str, book_id: &str, quantity: i32) -> L
         .expect("borrowed")
         .into_inner()
 }
-
-/// The body of `GET /metrics` on `port`.
-pub async fn metrics_at(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("the metrics port accepts");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
-}

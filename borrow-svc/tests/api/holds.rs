@@ -1,10 +1,11 @@
 //! Copies held at the borrow: given back when the loan is not stored, kept when it is, and
 //! settled when borrow-svc stopped in between.
 use futures::future::join_all;
+use library_platform::test_support::scrape_metrics;
 use library_proto::book::HoldStockRequest;
 use library_proto::borrow::LoanStatus;
 
-use crate::helpers::{System, WAIT, borrow_at, eventually, holds_in, metrics_at, reason, start_cut_off_borrow};
+use crate::helpers::{System, WAIT, borrow_at, eventually, holds_in, reason, start_cut_off_borrow};
 
 /// book-svc's holds expire after 1 s; borrow-svc looks at expired ones every 0.1 s.
 const SHORT_HOLDS: [&str; 2] = ["--stock-hold-ttl", "1"];
@@ -74,7 +75,7 @@ async fn a_hold_whose_loan_was_never_stored_goes_back_and_the_borrow_shows_cance
             .is_some_and(|reason| reason.contains("before its loan was stored"))
     );
     assert!(holds_in(&system.book_db).await.is_empty());
-    let metrics = metrics_at(system.borrow.metrics_port.expect("metrics served")).await;
+    let metrics = scrape_metrics(system.borrow.metrics_port.expect("metrics served")).await;
     assert!(
         metrics.contains("stock_holds_settled_total{outcome=\"never_stored\"}"),
         "{metrics}"
