@@ -49,6 +49,9 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
 }
 
+/// The origins the all-in-one allows when `GATEWAY_CORS_ORIGINS` is unset.
+pub const DEVELOPMENT_CORS_ORIGINS: &str = "http://localhost:*,http://127.0.0.1:*";
+
 /// Each service's settings from the environment (as its own binary reads them), with the
 /// all-in-one's database and internal addresses applied.
 struct ServiceConfigs {
@@ -92,6 +95,11 @@ async fn service_configs(config: &Config, jwt_secret: &str) -> anyhow::Result<Se
         *metrics = None;
     }
     gateway.jwt_secret = Some(jwt_secret.to_owned());
+    // A laptop's front-end development servers (Vite, webpack) run on localhost ports of their
+    // own; the all-in-one lets them call it unless told otherwise.
+    if gateway.cors_origins.is_none() {
+        gateway.cors_origins = Some(DEVELOPMENT_CORS_ORIGINS.to_owned());
+    }
     if let Some(url) = &config.database_url {
         book.database.database_url = Some(database::service_database(url, "book").await?);
         borrow.database.database_url = Some(database::service_database(url, "borrow").await?);

@@ -6,6 +6,7 @@ use chrono::Utc;
 use library_platform::bus::{EventEnvelope, HandleError, Outbox, Subscriptions};
 use library_platform::database::insert_together;
 use library_platform::paging::{self, PagingError};
+use library_platform::text::{copies, is_are};
 use library_proto::events::{
     BookBorrowed, BookRegistered, BookRemoved, BookUpdated, OutOfStock, StockChanged, StockReleased, StockReserved,
 };
@@ -34,7 +35,7 @@ pub enum CatalogError {
     Paging(#[from] PagingError),
     #[error("no book has this id")]
     NotFound,
-    #[error("{on_loan} copies are on loan")]
+    #[error("{} {} on loan", copies(*.on_loan), is_are(*.on_loan))]
     CopiesOnLoan { on_loan: i32 },
     #[error("database failure: {0}")]
     Database(#[from] DbErr),

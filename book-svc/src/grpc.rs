@@ -4,7 +4,8 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use library_platform::CancellationToken;
-use library_platform::grpc::{internal, parse_id, refused};
+use library_platform::grpc::{internal, invalid_field, parse_id, refused};
+use library_platform::text::{copies, is_are};
 use library_proto::book::book_service_server::BookService;
 use library_proto::book::{
     BatchGetBooksRequest, BatchGetBooksResponse, Book as BookMessage, CheckStockRequest, CheckStockResponse,
@@ -24,13 +25,17 @@ use crate::events::StockWatch;
 impl From<CatalogError> for Status {
     fn from(error: CatalogError) -> Self {
         match error {
-            CatalogError::Invalid(e) => Status::invalid_argument(e.to_string()),
-            CatalogError::Paging(e) => Status::invalid_argument(e.to_string()),
+            CatalogError::Invalid(e) => invalid_field(e.field, e.message),
+            CatalogError::Paging(e) => e.to_status(),
             CatalogError::NotFound => Status::not_found("book not found"),
             CatalogError::CopiesOnLoan { on_loan } => refused(
                 Code::FailedPrecondition,
                 "COPIES_ON_LOAN",
-                format!("{on_loan} copies are on loan; they must come back first"),
+                format!(
+                    "{} {} on loan; they must come back first",
+                    copies(on_loan),
+                    is_are(on_loan)
+                ),
             ),
             CatalogError::Database(e) => internal("catalogue database failure", &e),
         }
@@ -50,6 +55,10 @@ fn to_message(book: Book) -> BookMessage {
     }
 }
 
+/// The longest search text: a catalogue search is a few words, and a longer one would only make
+/// the database scan with a huge pattern.
+const MAX_SEARCH_LEN: usize = 200;
+
 /// The gRPC face of the catalogue.
 pub struct BookGrpc {
     pub catalog: Catalog,
@@ -67,7 +76,7 @@ impl BookService for BookGrpc {
         let request = request.into_inner();
         let id = parse_id("book_id", &request.book_id)?;
         if request.quantity <= 0 {
-            return Err(Status::invalid_argument("quantity: must be at least 1"));
+            return Err(invalid_field("quantity", "must be at least 1"));
         }
         let (available, sufficient) = self.catalog.check_stock(&id, request.quantity).await?;
         Ok(Response::new(CheckStockResponse { available, sufficient }))
@@ -79,10 +88,10 @@ impl BookService for BookGrpc {
         let loan_id = parse_id("loan_id", &request.loan_id)?;
         let book_id = parse_id("book_id", &request.book_id)?;
         if request.quantity <= 0 {
-            return Err(Status::invalid_argument("quantity: must be at least 1"));
+            return Err(invalid_field("quantity", "must be at least 1"));
         }
         if request.user_id.is_empty() || request.user_id.len() > 128 {
-            return Err(Status::invalid_argument("user_id: 1 to 128 characters"));
+            return Err(invalid_field("user_id", "must be 1 to 128 characters"));
         }
         let (held, available) = self
             .catalog
@@ -109,7 +118,7 @@ impl BookService for BookGrpc {
         let limit = match request.get_ref().limit {
             0 => 100,
             limit @ 1..=1000 => limit,
-            _ => return Err(Status::invalid_argument("limit: 1 to 1000")),
+            _ => return Err(invalid_field("limit", "must be between 1 and 1000")),
         };
         let holds = self.catalog.expired_holds(limit as u64).await?;
         Ok(Response::new(ListExpiredHoldsResponse {
@@ -132,7 +141,7 @@ impl BookService for BookGrpc {
     ) -> Result<Response<ConfirmHoldsResponse>, Status> {
         let ids = &request.get_ref().loan_ids;
         if ids.len() > 1000 {
-            return Err(Status::invalid_argument("loan_ids: at most 1000 per call"));
+            return Err(invalid_field("loan_ids", "at most 1000 per call"));
         }
         let ids: Vec<String> = ids
             .iter()
@@ -155,7 +164,7 @@ impl BookService for BookGrpc {
     ) -> Result<Response<BatchGetBooksResponse>, Status> {
         let ids = request.into_inner().ids;
         if ids.len() > 1000 {
-            return Err(Status::invalid_argument("ids: at most 1000 per call"));
+            return Err(invalid_field("ids", "at most 1000 per call"));
         }
         // Ids that are not UUIDs cannot name a book: they are simply not found.
         let ids: Vec<String> = ids.iter().filter_map(|id| parse_id("ids", id).ok()).collect();
@@ -168,6 +177,12 @@ impl BookService for BookGrpc {
     #[tracing::instrument(skip_all)]
     async fn list_books(&self, request: Request<ListBooksRequest>) -> Result<Response<ListBooksResponse>, Status> {
         let request = request.into_inner();
+        if request.search.chars().count() > MAX_SEARCH_LEN {
+            return Err(invalid_field(
+                "search",
+                format!("must be at most {MAX_SEARCH_LEN} characters"),
+            ));
+        }
         let page = self
             .catalog
             .list(&request.search, request.page_size, &request.page_token)

@@ -1,6 +1,7 @@
 //! The circulation desk's use cases. Each change is one transaction that also writes its events
 //! to the outbox; the reader's row is locked by every borrow, so per-reader limits and
 //! idempotency keys hold under concurrent requests.
+use library_platform::text::{copies, is_are};
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -32,11 +33,11 @@ pub enum CirculationError {
     InvalidQuantity { max: i32 },
     #[error(transparent)]
     Paging(#[from] PagingError),
-    #[error("only {available} copies are available")]
+    #[error("only {} {} available", copies(*.available), is_are(*.available))]
     OutOfStock { available: i32 },
     #[error("book not found")]
     BookNotFound,
-    #[error("a reader may have at most {max} copies outstanding; {outstanding} are")]
+    #[error("a reader may have at most {} outstanding; this reader has {}", copies(*.max), copies(*.outstanding))]
     LimitReached { outstanding: i32, max: i32 },
     #[error("loan not found")]
     LoanNotFound,

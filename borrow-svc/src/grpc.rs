@@ -1,6 +1,6 @@
 //! The `library.borrow.v1.BorrowService` server: requests parsed at the edge, the circulation
 //! desk called, errors mapped to status codes here and nowhere else.
-use library_platform::grpc::{internal, parse_id, parse_user_id, refused};
+use library_platform::grpc::{internal, invalid_field, parse_id, parse_user_id, refused};
 use library_proto::borrow::borrow_service_server::BorrowService;
 use library_proto::borrow::{
     BorrowRequest, ChangeDueDateRequest, GetLoanRequest, ListLoansRequest, ListLoansResponse, Loan as LoanMessage,
@@ -16,8 +16,11 @@ impl From<CirculationError> for Status {
     fn from(error: CirculationError) -> Self {
         let message = error.to_string();
         match error {
-            CirculationError::InvalidQuantity { .. } | CirculationError::Paging(_) => Status::invalid_argument(message),
-            CirculationError::Return(ReturnError::InvalidQuantity) => Status::invalid_argument(message),
+            CirculationError::InvalidQuantity { max } => {
+                invalid_field("quantity", format!("must be between 1 and {max}"))
+            }
+            CirculationError::Paging(e) => e.to_status(),
+            CirculationError::Return(ReturnError::InvalidQuantity) => invalid_field("quantity", "must be at least 1"),
             CirculationError::OutOfStock { .. } => refused(Code::FailedPrecondition, "OUT_OF_STOCK", message),
             CirculationError::LimitReached { .. } => refused(Code::FailedPrecondition, "LOAN_LIMIT_REACHED", message),
             CirculationError::Return(ReturnError::ExceedsOutstanding { .. }) => {
@@ -61,7 +64,7 @@ fn to_message(loan: Loan) -> LoanMessage {
 
 fn idempotency_key(value: Option<String>) -> Result<Option<String>, Status> {
     match value.map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()) {
-        Some(k) if k.len() > 200 => Err(Status::invalid_argument("idempotency_key: at most 200 characters")),
+        Some(k) if k.len() > 200 => Err(invalid_field("idempotency_key", "at most 200 characters")),
         other => Ok(other),
     }
 }
@@ -115,7 +118,7 @@ impl BorrowService for BorrowGrpc {
             Some(Ok(LoanStatusMessage::Active)) => Some(LoanStatus::Active),
             Some(Ok(LoanStatusMessage::Returned)) => Some(LoanStatus::Returned),
             Some(Ok(LoanStatusMessage::Canceled)) => Some(LoanStatus::Canceled),
-            Some(_) => return Err(Status::invalid_argument("status: unknown loan status")),
+            Some(_) => return Err(invalid_field("status", "unknown loan status")),
         };
         let page = self
             .circulation
@@ -136,7 +139,7 @@ impl BorrowService for BorrowGrpc {
             .due_at
             .as_ref()
             .and_then(from_timestamp)
-            .ok_or_else(|| Status::invalid_argument("due_at: a valid timestamp is required"))?;
+            .ok_or_else(|| invalid_field("due_at", "a valid timestamp is required"))?;
         Ok(Response::new(to_message(
             self.circulation.change_due_date(&loan, due_at).await?,
         )))

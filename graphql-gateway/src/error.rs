@@ -2,7 +2,7 @@
 //! `extensions.code` from CONTRACT.md and a message safe to show; internal detail is logged here
 //! and nowhere else.
 use async_graphql::ErrorExtensions;
-use library_platform::grpc::reason_of;
+use library_platform::grpc::{invalid_field_of, reason_of};
 use tonic::{Code, Status};
 
 /// How long a client should wait before retrying a shed request.
@@ -73,7 +73,12 @@ impl GatewayError {
             (Some("LOAN_LIMIT_REACHED"), _) => GatewayError::LoanLimitReached(message),
             (Some("RETURN_EXCEEDS_LOAN"), _) => GatewayError::ReturnExceedsLoan(message),
             (_, Code::NotFound) => GatewayError::NotFound(message),
-            (_, Code::InvalidArgument | Code::OutOfRange) => GatewayError::BadUserInput(message),
+            (_, Code::InvalidArgument | Code::OutOfRange) => {
+                GatewayError::BadUserInput(match invalid_field_of(status) {
+                    Some((field, why)) => format!("{}: {why}", argument_name(&field)),
+                    None => message,
+                })
+            }
             (_, Code::PermissionDenied) => GatewayError::Forbidden(message),
             (_, Code::Unauthenticated) => GatewayError::Unauthenticated(message),
             (_, Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted) => GatewayError::Conflict(message),
@@ -82,6 +87,31 @@ impl GatewayError {
                 tracing::warn!(service, ?code, message = status.message(), "downstream call failed");
                 GatewayError::ServiceUnavailable(service)
             }
+        }
+    }
+}
+
+/// The GraphQL argument (or input field) a client wrote for a request field of the services'
+/// protos: the paging fields by their GraphQL names, the rest in camelCase (`book_id` is
+/// `bookId`, `total_copies` is `totalCopies`).
+pub fn argument_name(proto_field: &str) -> String {
+    match proto_field {
+        "page_token" => "after".into(),
+        "page_size" => "first".into(),
+        field => {
+            let mut name = String::with_capacity(field.len());
+            let mut upper = false;
+            for c in field.chars() {
+                if c == '_' {
+                    upper = true;
+                } else if upper {
+                    name.extend(c.to_uppercase());
+                    upper = false;
+                } else {
+                    name.push(c);
+                }
+            }
+            name
         }
     }
 }
@@ -110,6 +140,26 @@ mod tests {
         let error = GatewayError::from_status("borrow", &status);
         assert_eq!(error.code(), "OUT_OF_STOCK");
         assert_eq!(error.message(), "only 4 copies are available");
+    }
+
+    #[test]
+    fn bad_fields_are_named_as_the_client_wrote_them() {
+        for (proto, client) in [
+            ("page_token", "after"),
+            ("page_size", "first"),
+            ("book_id", "bookId"),
+            ("total_copies", "totalCopies"),
+            ("title", "title"),
+        ] {
+            let status = library_platform::grpc::invalid_field(proto, "is wrong");
+            let error = GatewayError::from_status("book", &status);
+            assert_eq!(error, GatewayError::BadUserInput(format!("{client}: is wrong")));
+        }
+        let plain = Status::invalid_argument("no details");
+        assert_eq!(
+            GatewayError::from_status("book", &plain),
+            GatewayError::BadUserInput("no details".into())
+        );
     }
 
     #[test]

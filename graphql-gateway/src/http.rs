@@ -1,20 +1,25 @@
 //! The HTTP face: GraphQL over POST `/graphql` and WebSocket `/graphql/ws`
-//! (`graphql-transport-ws`, token in `connection_init`), GraphiQL at `/`, probes and metrics.
+//! (`graphql-transport-ws`, token in `connection_init`), `GET /graphql`, the SDL at
+//! `/graphql/schema.graphql`, GraphiQL at `/graphiql`, probes and metrics.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{Auth, JwtKeys};
+use crate::cors::CorsPolicy;
 use crate::downstream::Downstreams;
+use crate::graphql_http;
 use crate::schema::{LibrarySchema, request_data};
 
 /// What every handler shares.
@@ -23,6 +28,10 @@ pub struct AppState {
     pub schema: LibrarySchema,
     pub keys: JwtKeys,
     pub downstreams: Arc<Downstreams>,
+    /// The schema in SDL, printed once.
+    pub sdl: Bytes,
+    /// Which browser origins may call.
+    pub cors: CorsPolicy,
     /// False from the moment the gateway begins to stop: Kubernetes stops routing first.
     pub ready: Arc<AtomicBool>,
 }
@@ -30,15 +39,22 @@ pub struct AppState {
 /// The gateway's routes. The state is shared, not cloned per request (its keys and clients
 /// would be).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = state.cors.layer();
+    let router = Router::new()
         .route("/", get(graphiql))
-        .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphiql", get(graphiql))
+        .route("/graphql", get(graphql).post(graphql))
+        .route("/graphql/schema.graphql", get(schema_sdl))
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(library_platform::metrics::router())
         .layer(TraceLayer::new_for_http())
-        .with_state(Arc::new(state))
+        .with_state(Arc::new(state));
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 async fn graphiql() -> Html<String> {
@@ -50,45 +66,30 @@ async fn graphiql() -> Html<String> {
     )
 }
 
-/// A body that is not a GraphQL request: answered in GraphQL's error shape, with a code, instead
-/// of the parser's debug text.
-pub struct BadRequest(async_graphql::ParseRequestError);
-
-impl From<async_graphql::ParseRequestError> for BadRequest {
-    fn from(error: async_graphql::ParseRequestError) -> Self {
-        Self(error)
-    }
-}
-
-impl IntoResponse for BadRequest {
-    fn into_response(self) -> Response {
-        let (status, message) = match self.0 {
-            async_graphql::ParseRequestError::PayloadTooLarge => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large")
-            }
-            async_graphql::ParseRequestError::UnsupportedBatch => {
-                (StatusCode::BAD_REQUEST, "batched requests are not supported")
-            }
-            _ => (
-                StatusCode::BAD_REQUEST,
-                "the request body is not a GraphQL request (JSON with a `query`)",
-            ),
-        };
-        let body =
-            serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": "BAD_USER_INPUT" } }] });
-        (status, axum::Json(body)).into_response()
-    }
-}
-
+/// `GET` and `POST /graphql`: GraphQL over HTTP ([`crate::graphql_http`]).
 async fn graphql(
     State(state): State<Arc<AppState>>,
+    method: Method,
+    RawQuery(raw_query): RawQuery,
     headers: HeaderMap,
-    request: GraphQLRequest<BadRequest>,
-) -> GraphQLResponse {
+    body: Body,
+) -> Response {
+    let media = match graphql_http::negotiate(&headers) {
+        Ok(media) => media,
+        Err(refusal) => return refusal.into_response(graphql_http::MediaType::Json),
+    };
+    let request = if method == Method::GET {
+        graphql_http::read_get(&headers, raw_query.as_deref())
+    } else {
+        graphql_http::read_post(&headers, body).await
+    };
+    let mut request = match request {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(media),
+    };
     let auth = state
         .keys
         .authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
-    let mut request = request.into_inner();
     let operation = request.operation_name.clone().unwrap_or_else(|| "anonymous".into());
     request.data = request_data(&state.downstreams, auth);
     let started = Instant::now();
@@ -104,7 +105,16 @@ async fn graphql(
     metrics::counter!("graphql_requests_total", "operation" => operation.clone(), "status" => status).increment(1);
     metrics::histogram!("graphql_request_duration_seconds", "operation" => operation)
         .record(started.elapsed().as_secs_f64());
-    response.into()
+    graphql_http::write(media, response)
+}
+
+/// The schema in SDL, for tools that read a schema file rather than introspect.
+async fn schema_sdl(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))],
+        state.sdl.clone(),
+    )
+        .into_response()
 }
 
 async fn graphql_ws(

@@ -7,10 +7,14 @@
 //! - `downstream`: the gRPC clients with their budgets.
 //! - `error`: every error and its `extensions.code`, mapped once.
 //! - `schema`: queries, mutations, subscriptions, the book DataLoader.
-//! - `http`: axum routes (GraphQL, WebSocket, GraphiQL, probes, metrics).
+//! - `graphql_http`: GraphQL over HTTP (media types, GET and POST, status codes, body bound).
+//! - `cors`: which browser origins may call the API (`GATEWAY_CORS_ORIGINS`).
+//! - `http`: axum routes (GraphQL, WebSocket, SDL, GraphiQL, probes, metrics).
 mod auth;
+mod cors;
 mod downstream;
 mod error;
+mod graphql_http;
 mod http;
 mod schema;
 
@@ -30,8 +34,9 @@ use library_proto::dashboard::dashboard_service_client::DashboardServiceClient;
 use tokio::net::TcpListener;
 
 pub use auth::{Claims, JwtKeys};
+pub use cors::{CorsError, CorsPolicy};
 pub use error::GatewayError;
-pub use schema::{LibrarySchema, MAX_COMPLEXITY, MAX_DEPTH};
+pub use schema::{LibrarySchema, MAX_COMPLEXITY, MAX_DEPTH, sdl};
 
 use crate::downstream::{Downstream, Downstreams};
 
@@ -91,6 +96,10 @@ pub struct Config {
     /// book-svc and dashboard-svc calls in flight at most, each.
     #[arg(long = "read-concurrency", env = "GATEWAY_READ_CONCURRENCY", default_value_t = 256)]
     pub read_concurrency: usize,
+    /// Browser origins allowed to call the API, comma-separated: `https://app.example.org`,
+    /// `http://localhost:*` (any port), or `*` alone (any origin, no credentials); unset: none.
+    #[arg(long = "cors-origins", env = "GATEWAY_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
     /// The gateway's own log level (e.g. DEBUG); wins over RUST_LOG's default level.
     #[arg(long = "gateway-log-level", env = "GATEWAY_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -116,6 +125,7 @@ impl Application {
     pub async fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let secret =
             library_platform::config::required("LIBRARY_JWT_SECRET", &config.jwt_secret).map_err(anyhow::Error::msg)?;
+        let cors = CorsPolicy::parse(config.cors_origins.as_deref())?;
         let deadline = Duration::from_millis(config.downstream_timeout_ms);
         let downstreams = Arc::new(Downstreams {
             book: Downstream::new(
@@ -158,6 +168,8 @@ impl Application {
         library_platform::metrics::prometheus();
         let state = http::AppState {
             schema: schema::build(downstreams.clone(), shutdown.clone()),
+            sdl: schema::sdl().into(),
+            cors,
             keys: JwtKeys::new(secret),
             downstreams,
             ready: Arc::new(AtomicBool::new(false)),

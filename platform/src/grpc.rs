@@ -160,6 +160,26 @@ pub fn internal(context: &str, cause: &dyn std::fmt::Display) -> Status {
     Status::internal("internal error")
 }
 
+/// A request field the caller got wrong: `INVALID_ARGUMENT` with the message `field: why`, and
+/// the field in a standard `google.rpc.BadRequest` detail, so that a caller relaying the
+/// refusal (the gateway) can name the field as its own client wrote it.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let description = description.into();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {description}"),
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+/// The field and reason of an [`invalid_field`] refusal.
+pub fn invalid_field_of(status: &Status) -> Option<(String, String)> {
+    use tonic_types::StatusExt;
+    let violation = status.get_details_bad_request()?.field_violations.into_iter().next()?;
+    Some((violation.field, violation.description))
+}
+
 /// The longest user id accepted (the JWT `sub` the gateway passes on).
 pub const MAX_USER_ID_LEN: usize = 128;
 
@@ -170,9 +190,10 @@ pub const MAX_USER_ID_LEN: usize = 128;
 pub fn parse_user_id(value: &str) -> Result<&str, Status> {
     let value = value.trim();
     if value.is_empty() || value.len() > MAX_USER_ID_LEN {
-        return Err(Status::invalid_argument(format!(
-            "user_id: must be 1 to {MAX_USER_ID_LEN} characters"
-        )));
+        return Err(invalid_field(
+            "user_id",
+            format!("must be 1 to {MAX_USER_ID_LEN} characters"),
+        ));
     }
     Ok(value)
 }
@@ -184,12 +205,31 @@ pub fn parse_user_id(value: &str) -> Result<&str, Status> {
 pub fn parse_id(field: &str, value: &str) -> Result<String, Status> {
     uuid::Uuid::parse_str(value.trim())
         .map(|id| id.to_string())
-        .map_err(|_| Status::invalid_argument(format!("{field}: `{value}` is not a valid id")))
+        .map_err(|_| invalid_field(field, format!("`{}` is not a valid id", shorten(value))))
+}
+
+/// At most 64 characters of a value echoed in a message.
+fn shorten(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_field_is_named_in_the_message_and_the_details() {
+        let status = parse_id("book_id", &"x".repeat(100)).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with("book_id: `xxx"), "{}", status.message());
+        assert!(status.message().len() < 100, "long input is not echoed whole");
+        let (field, why) = invalid_field_of(&status).expect("details");
+        assert_eq!(field, "book_id");
+        assert!(why.ends_with("is not a valid id"), "{why}");
+    }
 
     #[test]
     fn a_refusal_carries_its_reason() {

@@ -13,6 +13,7 @@
 //! - [`grpc`]: serving with health and reflection, client channels, error reasons in metadata.
 //! - [`metrics`]: the Prometheus recorder, `/metrics`, and gRPC server call metrics.
 //! - [`paging`]: page sizes and opaque cursors of the list calls.
+//! - [`text`]: counted words in messages ("1 copy is", "3 copies are").
 //! - [`service`]: what every binary does around its work (telemetry, signals, exit codes).
 //! - [`shutdown`]: the process's stop signal.
 //! - `test_support` (feature `test-support`): fresh databases and bus namespaces for tests.
@@ -29,6 +30,7 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub mod text;
 
 /// The allocator every binary of the library installs
 /// (`#[global_allocator] static GLOBAL: Allocator = Allocator;`): a service allocates and frees

@@ -8,12 +8,41 @@ pub const DEFAULT_PAGE_SIZE: u64 = 20;
 pub const MAX_PAGE_SIZE: u64 = 100;
 
 /// A page-size or cursor the caller got wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PagingError {
-    #[error("page_size must be between 1 and {MAX_PAGE_SIZE}")]
     PageSize,
-    #[error("page_token is not a cursor this service issued")]
     Cursor,
+}
+
+impl std::fmt::Display for PagingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field(), self.description())
+    }
+}
+
+impl std::error::Error for PagingError {}
+
+impl PagingError {
+    /// The request field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            PagingError::PageSize => "page_size",
+            PagingError::Cursor => "page_token",
+        }
+    }
+
+    /// What is wrong with it.
+    pub fn description(&self) -> String {
+        match self {
+            PagingError::PageSize => format!("must be between 1 and {MAX_PAGE_SIZE}"),
+            PagingError::Cursor => "not a cursor this service issued".into(),
+        }
+    }
+
+    /// The refusal a gRPC service answers with.
+    pub fn to_status(&self) -> tonic::Status {
+        crate::grpc::invalid_field(self.field(), self.description())
+    }
 }
 
 /// `0` means the default; 1..=100 as asked.

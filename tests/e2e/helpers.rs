@@ -413,6 +413,11 @@ impl System {
                     ("BORROW_SVC_URL", format!("http://127.0.0.1:{borrow_port}")),
                     ("DASHBOARD_SVC_URL", format!("http://127.0.0.1:{dashboard_port}")),
                     ("LIBRARY_JWT_SECRET", secret.clone()),
+                    // The all-in-one's default, so CORS is tested alike in both modes.
+                    (
+                        "GATEWAY_CORS_ORIGINS",
+                        "http://localhost:*,http://127.0.0.1:*".to_owned(),
+                    ),
                 ]),
                 &dir,
                 None,

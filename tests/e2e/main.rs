@@ -45,5 +45,6 @@ mod limits;
 mod out_of_stock;
 mod overload;
 mod saga_fault;
+mod standard_clients;
 mod subscriptions;
 mod worked_example;

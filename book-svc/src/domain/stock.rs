@@ -3,10 +3,12 @@
 //!
 //! Invariant: `available + copies reserved by open loans == total` and `0 <= available <= total`.
 
+use library_platform::text::{copies, is_are};
+
 /// A stock change the rules refuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StockError {
-    #[error("{on_loan} copies are on loan; total copies cannot go below that")]
+    #[error("{} {} on loan; total copies cannot go below that", copies(*.on_loan), is_are(*.on_loan))]
     BelowOnLoan { on_loan: i32 },
 }
 

@@ -1,6 +1,8 @@
 //! A loan's life: PENDING (accepted) -> ACTIVE (copies reserved) -> RETURNED (all back), or
 //! PENDING -> CANCELED (the saga found too little stock).
 
+use library_platform::text::{copies, is_are};
+
 /// Where a loan is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoanStatus {
@@ -47,7 +49,7 @@ pub enum ReturnError {
     NotActive(LoanStatus),
     #[error("quantity: must be at least 1")]
     InvalidQuantity,
-    #[error("only {outstanding} copies of this loan are outstanding")]
+    #[error("only {} of this loan {} outstanding", copies(*.outstanding), is_are(*.outstanding))]
     ExceedsOutstanding { outstanding: i32 },
 }
 

@@ -1,5 +1,6 @@
 //! The GraphQL schema of CONTRACT.md: queries, mutations and subscriptions, each a thin
 //! translation to one service call.
+mod limits;
 mod loader;
 mod parse_cache;
 mod types;
@@ -31,20 +32,30 @@ use crate::error::GatewayError;
 /// The schema served at `/graphql`.
 pub type LibrarySchema = Schema<Query, Mutation, Subscription>;
 
-/// Deepest query accepted.
-pub const MAX_DEPTH: usize = 10;
+pub use limits::MAX_DEPTH;
+
 /// Most complex query accepted (each field counts 1, lists as asked).
 pub const MAX_COMPLEXITY: usize = 500;
+/// The longest `search` text accepted.
+pub const MAX_SEARCH_LEN: usize = 200;
 
 /// Builds the schema over `downstreams`; `shutdown` ends subscriptions when the gateway stops.
 pub fn build(downstreams: Arc<Downstreams>, shutdown: CancellationToken) -> LibrarySchema {
     Schema::build(Query, Mutation, Subscription)
         .data(downstreams)
         .data(Shutdown(shutdown))
-        .limit_depth(MAX_DEPTH)
+        // Ordinary queries are held to MAX_DEPTH by the parse extension; the engine's bound
+        // also covers the standard introspection query's deeper nesting.
+        .limit_depth(limits::MAX_INTROSPECTION_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .extension(parse_cache::ParseCache::new())
         .finish()
+}
+
+/// The schema in SDL (GraphQL's schema language), with every description: what
+/// `GET /graphql/schema.graphql` serves and `graphql-gateway/schema.graphql` holds.
+pub fn sdl() -> String {
+    Schema::build(Query, Mutation, Subscription).finish().sdl()
 }
 
 /// What each request (or WebSocket connection) carries: who asks, and its own book loader.
@@ -79,26 +90,43 @@ fn page_size(first: i32) -> Result<i32, GatewayError> {
     }
 }
 
-fn id_text(id: &ID) -> String {
-    id.to_string()
+/// An id argument, checked here so the message names the argument as the client wrote it.
+fn id_arg(argument: &str, id: &ID) -> Result<String, GatewayError> {
+    uuid::Uuid::parse_str(id.trim()).map(|id| id.to_string()).map_err(|_| {
+        let shown: String = id.chars().take(64).collect();
+        GatewayError::BadUserInput(format!("{argument}: `{shown}` is not a valid id"))
+    })
+}
+
+fn search_text(search: Option<String>) -> Result<String, GatewayError> {
+    let search = search.unwrap_or_default();
+    if search.chars().count() > MAX_SEARCH_LEN {
+        return Err(GatewayError::BadUserInput(format!(
+            "search: must be at most {MAX_SEARCH_LEN} characters"
+        )));
+    }
+    Ok(search)
 }
 
 pub struct Query;
 
+/// Reads: the catalogue for anyone, loans and dashboards for their reader.
 #[Object]
 impl Query {
     /// The catalogue: books whose title or author contains `search`, by title.
     async fn books(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Words the title or author contains (case-insensitive), at most 200 characters.")]
         search: Option<String>,
-        #[graphql(default = 20)] first: i32,
-        after: Option<String>,
+        #[graphql(default = 20, desc = "Page size, 1 to 100.")] first: i32,
+        #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
     ) -> async_graphql::Result<BookConnection> {
         let first = page_size(first)?;
+        let search = search_text(search)?;
         let book = &downstreams(ctx)?.book;
         let request = book.request(ListBooksRequest {
-            search: search.unwrap_or_default(),
+            search,
             page_size: first,
             page_token: after.unwrap_or_default(),
         });
@@ -113,9 +141,13 @@ impl Query {
     }
 
     /// One book.
-    async fn book(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Book>> {
+    async fn book(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The book's id.")] id: ID,
+    ) -> async_graphql::Result<Option<Book>> {
         let book = &downstreams(ctx)?.book;
-        let request = book.request(GetBookRequest { id: id_text(&id) });
+        let request = book.request(GetBookRequest { id: id_arg("id", &id)? });
         let found = book
             .call("GetBook", |mut c| async move { c.get_book(request).await })
             .await?;
@@ -126,9 +158,9 @@ impl Query {
     async fn my_loans(
         &self,
         ctx: &Context<'_>,
-        status: Option<LoanStatus>,
-        #[graphql(default = 20)] first: i32,
-        after: Option<String>,
+        #[graphql(desc = "Only loans in this status; all when omitted.")] status: Option<LoanStatus>,
+        #[graphql(default = 20, desc = "Page size, 1 to 100.")] first: i32,
+        #[graphql(desc = "The `endCursor` of the previous page.")] after: Option<String>,
     ) -> async_graphql::Result<LoanConnection> {
         let viewer = auth(ctx).viewer()?;
         let first = page_size(first)?;
@@ -150,11 +182,15 @@ impl Query {
     }
 
     /// One of the viewer's loans (administrators: any loan).
-    async fn loan(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Loan>> {
+    async fn loan(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The loan's id.")] id: ID,
+    ) -> async_graphql::Result<Option<Loan>> {
         let viewer = auth(ctx).viewer()?;
         let borrow = &downstreams(ctx)?.borrow;
         let request = borrow.request(GetLoanRequest {
-            loan_id: id_text(&id),
+            loan_id: id_arg("id", &id)?,
             user_id: (!viewer.admin).then(|| viewer.user_id.clone()),
         });
         let loan = borrow
@@ -179,6 +215,7 @@ impl Query {
 
 pub struct Mutation;
 
+/// Writes: borrowing and returning for readers, the catalogue and due dates for administrators.
 #[Object]
 impl Mutation {
     /// Borrows copies of a book. The same `idempotencyKey` by the same reader returns the first
@@ -186,8 +223,11 @@ impl Mutation {
     async fn borrow_book(
         &self,
         ctx: &Context<'_>,
-        book_id: ID,
-        #[graphql(default = 1)] quantity: i32,
+        #[graphql(desc = "The book to borrow.")] book_id: ID,
+        #[graphql(default = 1, desc = "Copies, 1 to the reader's limit (LIBRARY_MAX_COPIES_PER_USER).")] quantity: i32,
+        #[graphql(
+            desc = "Any text up to 200 characters, unique per intended borrow: a retry with the same key returns the first loan instead of borrowing again."
+        )]
         idempotency_key: Option<String>,
     ) -> async_graphql::Result<Loan> {
         let viewer = auth(ctx).viewer()?;
@@ -197,7 +237,7 @@ impl Mutation {
         let borrow = &downstreams(ctx)?.borrow;
         let request = borrow.request(BorrowRequest {
             user_id: viewer.user_id.clone(),
-            book_id: id_text(&book_id),
+            book_id: id_arg("bookId", &book_id)?,
             quantity,
             idempotency_key,
         });
@@ -212,8 +252,8 @@ impl Mutation {
     async fn return_book(
         &self,
         ctx: &Context<'_>,
-        loan_id: ID,
-        quantity: Option<i32>,
+        #[graphql(desc = "The loan.")] loan_id: ID,
+        #[graphql(desc = "Copies to return; every outstanding copy when omitted.")] quantity: Option<i32>,
     ) -> async_graphql::Result<ReturnResult> {
         let viewer = auth(ctx).viewer()?;
         if quantity.is_some_and(|q| q < 1) {
@@ -222,7 +262,7 @@ impl Mutation {
         let borrow = &downstreams(ctx)?.borrow;
         let request = borrow.request(ReturnRequest {
             user_id: viewer.user_id.clone(),
-            loan_id: id_text(&loan_id),
+            loan_id: id_arg("loanId", &loan_id)?,
             quantity,
         });
         let reply = borrow
@@ -239,7 +279,11 @@ impl Mutation {
     }
 
     /// Registers a book (administrators).
-    async fn create_book(&self, ctx: &Context<'_>, input: CreateBookInput) -> async_graphql::Result<Book> {
+    async fn create_book(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new book.")] input: CreateBookInput,
+    ) -> async_graphql::Result<Book> {
         auth(ctx).admin()?;
         let book = &downstreams(ctx)?.book;
         let request = book.request(CreateBookRequest {
@@ -255,11 +299,16 @@ impl Mutation {
     }
 
     /// Edits a book (administrators).
-    async fn update_book(&self, ctx: &Context<'_>, id: ID, input: UpdateBookInput) -> async_graphql::Result<Book> {
+    async fn update_book(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The book.")] id: ID,
+        #[graphql(desc = "The fields to change.")] input: UpdateBookInput,
+    ) -> async_graphql::Result<Book> {
         auth(ctx).admin()?;
         let book = &downstreams(ctx)?.book;
         let request = book.request(UpdateBookRequest {
-            id: id_text(&id),
+            id: id_arg("id", &id)?,
             isbn: input.isbn,
             title: input.title,
             author: input.author,
@@ -272,10 +321,10 @@ impl Mutation {
     }
 
     /// Removes a book with no copy on loan (administrators).
-    async fn delete_book(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ID> {
+    async fn delete_book(&self, ctx: &Context<'_>, #[graphql(desc = "The book.")] id: ID) -> async_graphql::Result<ID> {
         auth(ctx).admin()?;
         let book = &downstreams(ctx)?.book;
-        let request = book.request(DeleteBookRequest { id: id_text(&id) });
+        let request = book.request(DeleteBookRequest { id: id_arg("id", &id)? });
         let deleted = book
             .call("DeleteBook", |mut c| async move { c.delete_book(request).await })
             .await?;
@@ -286,13 +335,13 @@ impl Mutation {
     async fn change_due_date(
         &self,
         ctx: &Context<'_>,
-        loan_id: ID,
-        due_at: DateTime<Utc>,
+        #[graphql(desc = "The loan.")] loan_id: ID,
+        #[graphql(desc = "The new due date.")] due_at: DateTime<Utc>,
     ) -> async_graphql::Result<Loan> {
         auth(ctx).admin()?;
         let borrow = &downstreams(ctx)?.borrow;
         let request = borrow.request(ChangeDueDateRequest {
-            loan_id: id_text(&loan_id),
+            loan_id: id_arg("loanId", &loan_id)?,
             due_at: Some(to_timestamp(due_at)),
         });
         let loan = borrow
@@ -304,17 +353,20 @@ impl Mutation {
 
 pub struct Subscription;
 
+/// Live views over WebSocket (`graphql-transport-ws` at `/graphql/ws`).
 #[Subscription]
 impl Subscription {
     /// The book now, then again each time its stock changes.
     async fn book_stock(
         &self,
         ctx: &Context<'_>,
-        book_id: ID,
+        #[graphql(desc = "The book to watch.")] book_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Book>> + use<>> {
         let book = &downstreams(ctx)?.book;
         let shutdown = ctx.data::<Shutdown>()?.0.clone();
-        let request = tonic::Request::new(WatchBookRequest { id: id_text(&book_id) });
+        let request = tonic::Request::new(WatchBookRequest {
+            id: id_arg("bookId", &book_id)?,
+        });
         let stream = book
             .open_stream(|mut c| async move { c.watch_book(request).await })
             .await?;
@@ -348,5 +400,63 @@ impl Subscription {
                     .map_err(|status| async_graphql::Error::from(GatewayError::from_status(name, &status)))
             })
             .take_until(shutdown.cancelled_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `UPDATE_SCHEMA=1 cargo test -p graphql-gateway committed_sdl` rewrites the file.
+    #[test]
+    fn the_committed_sdl_is_the_schema_served() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql");
+        let served = sdl();
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &served).expect("write schema.graphql");
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == served,
+            "graphql-gateway/schema.graphql differs from the schema; run \
+             `UPDATE_SCHEMA=1 cargo test -p graphql-gateway committed_sdl` and commit the file"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_type_field_argument_and_value_is_described() {
+        let schema = Schema::build(Query, Mutation, Subscription).finish();
+        let query = "{ __schema { types { name description \
+            fields { name description args { name description } } \
+            inputFields { name description } enumValues { name description } } } }";
+        let response = schema.execute(query).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        let data = response.data.into_json().expect("json");
+        let builtin = ["String", "Int", "Float", "Boolean", "ID"];
+        let mut missing = Vec::new();
+        let described = |v: &serde_json::Value| v["description"].as_str().is_some_and(|d| !d.trim().is_empty());
+        for ty in data["__schema"]["types"].as_array().expect("types") {
+            let name = ty["name"].as_str().unwrap_or_default();
+            if name.starts_with("__") || builtin.contains(&name) {
+                continue;
+            }
+            if !described(ty) {
+                missing.push(name.to_owned());
+            }
+            for list in ["fields", "inputFields", "enumValues"] {
+                for item in ty[list].as_array().into_iter().flatten() {
+                    let item_name = format!("{name}.{}", item["name"].as_str().unwrap_or_default());
+                    if !described(item) {
+                        missing.push(item_name.clone());
+                    }
+                    for arg in item["args"].as_array().into_iter().flatten() {
+                        if !described(arg) {
+                            missing.push(format!("{item_name}({})", arg["name"].as_str().unwrap_or_default()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without a description: {missing:?}");
     }
 }

@@ -1,13 +1,14 @@
 //! Front ends send the same few queries over and over, and parsing one was about a tenth of the
 //! gateway's work per request. Parsed documents are kept by query text, least recently used out
 //! first; validation (depth and complexity limits included) and execution still run for every
-//! request, with its own variables.
+//! request, with its own variables. A document is checked against the gateway's own bounds
+//! ([`super::limits`]) once, when it is parsed: only documents within them are kept.
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{ServerResult, Variables};
+use async_graphql::{ServerError, ServerResult, Variables};
 use lru::LruCache;
 
 /// Distinct queries kept.
@@ -62,6 +63,7 @@ impl Extension for CachedParse {
             return Ok(document);
         }
         let document = next.run(ctx, query, variables).await?;
+        super::limits::check(&document).map_err(|exceeded| ServerError::new(exceeded.to_string(), None))?;
         if query.len() <= MAX_CACHED_LEN {
             self.documents
                 .lock()
