@@ -1,16 +1,17 @@
 //! The HTTP face: GraphQL over POST `/graphql` and WebSocket `/graphql/ws`
-//! (`graphql-transport-ws`, token in `connection_init`), GraphiQL at `/`, probes and metrics.
+//! (`graphql-transport-ws`, token in `connection_init`), GraphiQL at `/graphiql` (`/` redirects
+//! there), probes and metrics.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{Auth, JwtKeys};
@@ -31,23 +32,16 @@ pub struct AppState {
 /// would be).
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(graphiql))
-        .route("/graphql", get(graphiql).post(graphql))
+        // Temporary: the web app takes `/` (CONTRACT.md).
+        .route("/", get(|| async { Redirect::temporary("/graphiql") }))
+        .route("/graphql", post(graphql))
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(crate::graphiql::router())
         .merge(library_platform::metrics::router())
         .layer(TraceLayer::new_for_http())
         .with_state(Arc::new(state))
-}
-
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .finish(),
-    )
 }
 
 /// A body that is not a GraphQL request: answered in GraphQL's error shape, with a code, instead

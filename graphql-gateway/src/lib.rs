@@ -11,6 +11,7 @@
 mod auth;
 mod downstream;
 mod error;
+mod graphiql;
 mod http;
 mod schema;
 
