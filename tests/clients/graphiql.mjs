@@ -17,8 +17,9 @@ const TIMEOUT_MS = Number(process.env.GRAPHIQL_TIMEOUT_MS ?? 30000);
 const problems = [];
 const offHost = [];
 
+const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  executablePath,
   args: [
     '--headless',
     '--no-sandbox',
@@ -29,6 +30,9 @@ const browser = await chromium.launch({
     '--disable-component-update',
     '--disable-sync',
   ],
+}).catch((error) => {
+  console.error(`FAILED: cannot start Chromium at ${executablePath} (apt-get install chromium, or set CHROMIUM): ${error.message.split('\n')[0]}`);
+  process.exit(1);
 });
 
 let step = 'opening the page';
