@@ -104,6 +104,26 @@ cargo build --workspace --all-targets --all-features --locked
 stage "clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+stage "node clients"
+# The standard clients the e2e tests run against the live gateway (tests/clients): the
+# GraphQL-over-HTTP audit, the full introspection query, GraphiQL in headless Chromium.
+command -v node >/dev/null || apt_install nodejs npm
+# Debian's chromium; where there is none but Google Chrome (GitHub's Ubuntu runners, whose
+# chromium package is a snap), that one.
+if [[ -z "${CHROMIUM:-}" && ! -x /usr/bin/chromium ]]; then
+  if command -v google-chrome >/dev/null; then
+    CHROMIUM=$(command -v google-chrome)
+    export CHROMIUM
+  else
+    apt_install chromium
+  fi
+fi
+echo "node $(node --version), ${CHROMIUM:-/usr/bin/chromium}"
+# `npm ci` only when node_modules is missing or older than the lock file.
+if [[ ! -d tests/clients/node_modules || tests/clients/package-lock.json -nt tests/clients/node_modules/.package-lock.json ]]; then
+  npm ci --prefix tests/clients --no-audit --no-fund
+fi
+
 stage "tests"
 # Each test creates its own databases (`<prefix>_<32 hex>`); drop what earlier runs left, so
 # repeated runs do not fill the disk. (Do not run two test runs against one server at once.)

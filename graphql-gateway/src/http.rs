@@ -1,18 +1,19 @@
 //! The HTTP face: GraphQL over POST `/graphql` and WebSocket `/graphql/ws`
 //! (`graphql-transport-ws`, token in `connection_init`), `GET /graphql`, the SDL at
-//! `/graphql/schema.graphql`, GraphiQL at `/graphiql`, probes and metrics.
+//! `/graphql/schema.graphql`, GraphiQL at `/graphiql` (`/` redirects there), probes and
+//! metrics.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tower_http::trace::TraceLayer;
 
@@ -41,13 +42,14 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let cors = state.cors.layer();
     let router = Router::new()
-        .route("/", get(graphiql))
-        .route("/graphiql", get(graphiql))
+        // Temporary: the web app takes `/` (CONTRACT.md).
+        .route("/", get(|| async { Redirect::temporary("/graphiql") }))
         .route("/graphql", get(graphql).post(graphql))
         .route("/graphql/schema.graphql", get(schema_sdl))
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(crate::graphiql::router())
         .merge(library_platform::metrics::router())
         .layer(TraceLayer::new_for_http())
         .with_state(Arc::new(state));
@@ -55,15 +57,6 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     }
-}
-
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .finish(),
-    )
 }
 
 /// `GET` and `POST /graphql`: GraphQL over HTTP ([`crate::graphql_http`]).

@@ -9,11 +9,13 @@
 //! - `schema`: queries, mutations, subscriptions, the book DataLoader.
 //! - `graphql_http`: GraphQL over HTTP (media types, GET and POST, status codes, body bound).
 //! - `cors`: which browser origins may call the API (`GATEWAY_CORS_ORIGINS`).
+//! - `graphiql`: GraphiQL and its pinned assets, embedded in the binary.
 //! - `http`: axum routes (GraphQL, WebSocket, SDL, GraphiQL, probes, metrics).
 mod auth;
 mod cors;
 mod downstream;
 mod error;
+mod graphiql;
 mod graphql_http;
 mod http;
 mod schema;

@@ -39,6 +39,7 @@ mod helpers;
 
 mod auth;
 mod bad_input;
+mod clients;
 mod crash;
 mod graceful_stop;
 mod limits;
