@@ -41,6 +41,7 @@ mod auth;
 mod bad_input;
 mod crash;
 mod graceful_stop;
+mod grpc_reflection;
 mod limits;
 mod out_of_stock;
 mod overload;
