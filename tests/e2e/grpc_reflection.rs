@@ -59,22 +59,34 @@ async fn rust_clients(ports: &[(u16, &str)]) {
     }
 }
 
-/// Runs `tests/grpc-clients/reflection_check.py` against each port.
-async fn python_client(ports: &[(u16, &str)]) {
-    const INSTALL: &str = "pip install -r tests/grpc-clients/requirements.txt \
-        (or set LIBRARY_SKIP_PYTHON_CLIENTS=1 to skip the Python client checks)";
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// How to get the Python client, for the failure messages.
+const INSTALL: &str = "pip install -r tests/grpc-clients/requirements.txt \
+    (or set LIBRARY_SKIP_PYTHON_CLIENTS=1 to skip the Python client checks)";
+
+/// Whether to run the Python client: not when `LIBRARY_SKIP_PYTHON_CLIENTS=1`; otherwise
+/// Python and grpcio-reflection must be there, and the test fails saying how to install them.
+async fn python_wanted() -> bool {
+    if std::env::var("LIBRARY_SKIP_PYTHON_CLIENTS").is_ok_and(|v| v == "1") {
+        eprintln!("LIBRARY_SKIP_PYTHON_CLIENTS=1: the grpcio-reflection checks are skipped");
+        return false;
+    }
     let probe = tokio::process::Command::new("python3")
         .args(["-c", "import grpc, grpc_reflection"])
-        .current_dir(root)
         .output()
         .await
         .unwrap_or_else(|e| panic!("python3 cannot be run ({e}): install Python 3, then {INSTALL}"));
+    let stderr = String::from_utf8_lossy(&probe.stderr);
     assert!(
         probe.status.success(),
         "Python's grpcio-reflection is missing ({}): {INSTALL}",
-        String::from_utf8_lossy(&probe.stderr).trim()
+        stderr.lines().last().unwrap_or_default()
     );
+    true
+}
+
+/// Runs `tests/grpc-clients/reflection_check.py` against each port.
+async fn python_client(ports: &[(u16, &str)]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (port, service) in ports {
         let run = tokio::process::Command::new("python3")
             .arg(root.join("tests/grpc-clients/reflection_check.py"))
@@ -92,14 +104,6 @@ async fn python_client(ports: &[(u16, &str)]) {
             String::from_utf8_lossy(&run.stderr)
         );
     }
-}
-
-fn python_skipped() -> bool {
-    let skipped = std::env::var("LIBRARY_SKIP_PYTHON_CLIENTS").is_ok_and(|v| v == "1");
-    if skipped {
-        eprintln!("LIBRARY_SKIP_PYTHON_CLIENTS=1: the grpcio-reflection checks are skipped");
-    }
-    skipped
 }
 
 mod rust_v1_and_v1alpha_clients {
@@ -120,7 +124,7 @@ mod rust_v1_and_v1alpha_clients {
 mod python_grpcio_reflection {
     #[tokio::test]
     async fn all_in_one() {
-        if super::python_skipped() {
+        if !super::python_wanted().await {
             return;
         }
         let (_system, ports) = super::all_in_one().await;
@@ -129,7 +133,7 @@ mod python_grpcio_reflection {
 
     #[tokio::test]
     async fn distributed() {
-        if super::python_skipped() {
+        if !super::python_wanted().await {
             return;
         }
         let (system, ports) = super::distributed().await;
