@@ -124,6 +124,16 @@ if [[ ! -d tests/clients/node_modules || tests/clients/package-lock.json -nt tes
   npm ci --prefix tests/clients --no-audit --no-fund
 fi
 
+stage "python clients"
+# tests/e2e/grpc_reflection.rs runs Python's standard gRPC reflection client (grpcio-reflection).
+command -v python3 >/dev/null || apt_install python3 python3-pip
+if ! python3 -c 'import grpc_reflection' 2>/dev/null; then
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  # Debian's own Python refuses pip outside a virtualenv (PEP 668) unless told otherwise.
+  python3 -m pip install -q -r tests/grpc-clients/requirements.txt ||
+    python3 -m pip install -q --break-system-packages -r tests/grpc-clients/requirements.txt
+fi
+
 stage "tests"
 # Each test creates its own databases (`<prefix>_<32 hex>`); drop what earlier runs left, so
 # repeated runs do not fill the disk. (Do not run two test runs against one server at once.)

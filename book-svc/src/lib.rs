@@ -33,7 +33,7 @@ use library_platform::config::{BusArgs, DatabaseArgs, ShutdownArgs, TelemetryArg
 use library_platform::metrics::MetricsArgs;
 use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
-use library_proto::book::book_service_server::{BookServiceServer, SERVICE_NAME};
+use library_proto::book::book_service_server::BookServiceServer;
 use tokio::net::TcpListener;
 
 pub use catalog::{Catalog, CatalogError};
@@ -147,14 +147,13 @@ impl Application {
             watch,
             background,
         } = self;
-        let (reporter, router) = library_platform::grpc::server()?;
         let service = grpc::BookGrpc {
             catalog,
             watch,
             shutdown: background.shutdown.clone(),
         };
-        let router = router.add_service(BookServiceServer::new(service));
-        serve_grpc("book-svc", listener, (reporter, router), SERVICE_NAME, background).await
+        let server = library_platform::grpc::server().add_service(BookServiceServer::new(service));
+        serve_grpc("book-svc", listener, server, background).await
     }
 }
 

@@ -36,7 +36,7 @@ use library_platform::config::{BusArgs, DatabaseArgs, ShutdownArgs, TelemetryArg
 use library_platform::metrics::MetricsArgs;
 use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
-use library_proto::borrow::borrow_service_server::{BorrowServiceServer, SERVICE_NAME};
+use library_proto::borrow::borrow_service_server::BorrowServiceServer;
 use tokio::net::TcpListener;
 
 pub use circulation::{Circulation, CirculationError};
@@ -223,9 +223,9 @@ impl Application {
             circulation,
             background,
         } = self;
-        let (reporter, router) = library_platform::grpc::server()?;
-        let router = router.add_service(BorrowServiceServer::new(grpc::BorrowGrpc { circulation }));
-        serve_grpc("borrow-svc", listener, (reporter, router), SERVICE_NAME, background).await
+        let server =
+            library_platform::grpc::server().add_service(BorrowServiceServer::new(grpc::BorrowGrpc { circulation }));
+        serve_grpc("borrow-svc", listener, server, background).await
     }
 }
 

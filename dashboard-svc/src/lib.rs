@@ -24,7 +24,7 @@ use library_platform::config::{BusArgs, DatabaseArgs, ShutdownArgs, TelemetryArg
 use library_platform::metrics::MetricsArgs;
 use library_platform::service::{Background, serve_grpc};
 use library_platform::{CancellationToken, TaskTracker};
-use library_proto::dashboard::dashboard_service_server::{DashboardServiceServer, SERVICE_NAME};
+use library_proto::dashboard::dashboard_service_server::DashboardServiceServer;
 use tokio::net::TcpListener;
 
 pub use events::subscriptions;
@@ -127,14 +127,13 @@ impl Application {
             feed,
             background,
         } = self;
-        let (reporter, router) = library_platform::grpc::server()?;
         let service = grpc::DashboardGrpc {
             dashboards,
             feed,
             shutdown: background.shutdown.clone(),
         };
-        let router = router.add_service(DashboardServiceServer::new(service));
-        serve_grpc("dashboard-svc", listener, (reporter, router), SERVICE_NAME, background).await
+        let server = library_platform::grpc::server().add_service(DashboardServiceServer::new(service));
+        serve_grpc("dashboard-svc", listener, server, background).await
     }
 }
 

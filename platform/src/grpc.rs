@@ -21,14 +21,28 @@ pub const REASON_KEY: &str = "x-library-reason";
 /// A gRPC server's router: its calls counted and timed ([`crate::metrics::GrpcMetricsLayer`]).
 pub type GrpcRouter = Router<Stack<GrpcMetricsLayer, Identity>>;
 
-/// A server with health, reflection, tracing and call metrics, ready for the service's own
-/// `add_service`.
-pub fn server() -> Result<(HealthReporter, GrpcRouter), tonic_reflection::server::Error> {
+/// A gRPC server being put together: the service's own services are added with
+/// [`GrpcServer::add_service`], which also names them for health and reflection, so that a
+/// server advertises exactly what it serves (as `grpcurl list` and probes expect).
+pub struct GrpcServer {
+    router: GrpcRouter,
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+/// A server that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("building gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A server with health, tracing and call metrics, ready for the service's own services
+/// ([`GrpcServer::add_service`]); reflection is added by [`serve`], once those are known.
+pub fn server() -> GrpcServer {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(library_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let router = Server::builder()
         .trace_fn(|request| {
             let span = tracing::info_span!("grpc", method = %request.uri().path());
@@ -36,26 +50,83 @@ pub fn server() -> Result<(HealthReporter, GrpcRouter), tonic_reflection::server
             span
         })
         .layer(GrpcMetricsLayer)
-        .add_service(health)
-        .add_service(reflection);
-    Ok((reporter, router))
+        .add_service(health);
+    GrpcServer {
+        router,
+        reporter,
+        services: Vec::new(),
+    }
 }
 
-/// Serves `router` on `listener` until `shutdown`: health reports SERVING for the whole server
-/// and each of `services`, then NOT_SERVING as soon as the shutdown begins; the server goes on
-/// serving for `delay` (so that load balancers see it unready and stop sending first), then
-/// stops accepting and in-flight calls finish.
+impl GrpcServer {
+    /// Adds one of the service's own gRPC services, to be served, reported by health and listed
+    /// by reflection under its generated name.
+    #[must_use]
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.router = self.router.add_service(service);
+        self.services.push(S::NAME);
+        self
+    }
+}
+
+/// What reflection lists besides the service's own: the standard services every server has.
+const STANDARD_SERVICES: [&str; 3] = [
+    tonic_health::pb::health_server::SERVICE_NAME,
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// Server reflection in both versions clients speak (`v1`: grpcurl, Postman; `v1alpha`: Python's
+/// `grpcio-reflection`, GraphQL Mesh), listing `services` and the standard ones only. Every
+/// descriptor is registered, so that each listed service's file and its imports resolve.
+fn add_reflection(
+    router: GrpcRouter,
+    services: &[&'static str],
+) -> Result<GrpcRouter, tonic_reflection::server::Error> {
+    let builder = || {
+        services.iter().chain(&STANDARD_SERVICES).fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(library_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+    Ok(router
+        .add_service(builder().build_v1()?)
+        .add_service(builder().build_v1alpha()?))
+}
+
+/// Serves `server` on `listener` until `shutdown`, with reflection of its services: health
+/// reports SERVING for the whole server and each of its services, then NOT_SERVING as soon as
+/// the shutdown begins; the server goes on serving for `delay` (so that load balancers see it
+/// unready and stop sending first), then stops accepting and in-flight calls finish.
 ///
 /// # Errors
-/// The server failed.
+/// Reflection could not be built, or the server failed.
 pub async fn serve(
-    router: GrpcRouter,
+    server: GrpcServer,
     listener: TcpListener,
-    reporter: HealthReporter,
-    services: &[&str],
     shutdown: CancellationToken,
     delay: Duration,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    let GrpcServer {
+        router,
+        reporter,
+        services,
+    } = server;
+    let router = add_reflection(router, &services)?;
     let names: Vec<String> = std::iter::once(String::new())
         .chain(services.iter().map(|s| (*s).to_owned()))
         .collect();
@@ -74,7 +145,8 @@ pub async fn serve(
     router
         // Without TCP_NODELAY a reply's trailers wait for the client's delayed ACK: 40 ms.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
-        .await
+        .await?;
+    Ok(())
 }
 
 /// A channel to `url` that connects on first use and reconnects by itself, so a caller starts

@@ -8,11 +8,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use tokio::net::TcpListener;
-use tonic_health::server::HealthReporter;
 
 use crate::bus::{BusNames, EventBus, Relay};
 use crate::config::{BusArgs, LogFormat, Refused, TelemetryArgs};
-use crate::grpc::GrpcRouter;
+use crate::grpc::GrpcServer;
 use crate::telemetry::{self, ServiceLevel};
 
 /// How long a stopping service waits for its background tasks.
@@ -112,17 +111,16 @@ impl Background {
     }
 }
 
-/// Serves a service's gRPC `router` (from [`crate::grpc::server`]) until shutdown (and its
-/// delay), with its relay running until the server has stopped, so that the events of the last
-/// calls go out too; then drains the background tasks.
+/// Serves a service's gRPC `server` (from [`crate::grpc::server`], its services added) until
+/// shutdown (and its delay), with its relay running until the server has stopped, so that the
+/// events of the last calls go out too; then drains the background tasks.
 ///
 /// # Errors
 /// The gRPC server failed.
 pub async fn serve_grpc(
     name: &str,
     listener: TcpListener,
-    (reporter, router): (HealthReporter, GrpcRouter),
-    grpc_service: &str,
+    server: GrpcServer,
     background: Background,
 ) -> anyhow::Result<()> {
     let Background {
@@ -144,15 +142,7 @@ pub async fn serve_grpc(
         });
     }
     tracing::info!(service = name, addr = %listener.local_addr()?, "serving gRPC");
-    let served = crate::grpc::serve(
-        router,
-        listener,
-        reporter,
-        &[grpc_service],
-        shutdown.clone(),
-        shutdown_delay,
-    )
-    .await;
+    let served = crate::grpc::serve(server, listener, shutdown.clone(), shutdown_delay).await;
     relay_stop.cancel();
     shutdown.cancel();
     drain(name, &tracker).await;

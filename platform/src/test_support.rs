@@ -185,3 +185,5 @@ pub async fn scrape_metrics(port: u16) -> String {
     );
     response
 }
+
+pub mod reflection;

@@ -527,6 +527,16 @@ impl System {
         panic!("the distributed system did not settle a warm-up borrow: {last}");
     }
 
+    /// The gRPC port of one process of the distributed system (e.g. `book-svc`).
+    pub async fn grpc_port(&self, name: &str) -> u16 {
+        let processes = self.processes.lock().await;
+        processes
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.grpc_port)
+            .unwrap_or_else(|| panic!("no process named {name} with a gRPC port"))
+    }
+
     /// Kills one process (e.g. `book-svc`), as a crash would.
     pub async fn stop_service(&self, name: &str) {
         let mut processes = self.processes.lock().await;

@@ -42,6 +42,7 @@ mod bad_input;
 mod clients;
 mod crash;
 mod graceful_stop;
+mod grpc_reflection;
 mod limits;
 mod out_of_stock;
 mod overload;

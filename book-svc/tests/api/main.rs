@@ -2,4 +2,5 @@
 //! saga driven directly.
 mod catalogue;
 mod helpers;
+mod standard_services;
 mod stock;
