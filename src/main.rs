@@ -11,6 +11,9 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(exit) => return exit,
     };
+    if let Some(graphql_gateway::Command::Token(args)) = &config.command {
+        return graphql_gateway::print_token(library::token(&config, args));
+    }
     let var = |name: &str| std::env::var(name).ok();
     let (book, borrow, dashboard, gateway) = (
         var("BOOK_LOG_LEVEL"),

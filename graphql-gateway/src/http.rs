@@ -82,7 +82,8 @@ async fn graphql(
     };
     let auth = state
         .keys
-        .authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+        .authenticate(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
+        .await;
     let operation = request.operation_name.clone().unwrap_or_else(|| "anonymous".into());
     request.data = request_data(&state.downstreams, auth);
     let started = Instant::now();
@@ -121,7 +122,7 @@ async fn graphql_ws(
             let (schema, keys, downstreams) = (state.schema.clone(), state.keys.clone(), state.downstreams.clone());
             GraphQLWebSocket::new(socket, schema, protocol)
                 .on_connection_init(move |payload| async move {
-                    let auth = auth_from_init(&keys, &payload);
+                    let auth = auth_from_init(&keys, &payload).await;
                     Ok(request_data(&downstreams, auth))
                 })
                 .serve()
@@ -130,12 +131,12 @@ async fn graphql_ws(
 }
 
 /// The token a WebSocket client sends in `connection_init`: `{"Authorization": "Bearer …"}`.
-fn auth_from_init(keys: &JwtKeys, payload: &serde_json::Value) -> Auth {
+async fn auth_from_init(keys: &JwtKeys, payload: &serde_json::Value) -> Auth {
     let header = ["Authorization", "authorization"]
         .iter()
         .find_map(|k| payload.get(*k))
         .and_then(|v| v.as_str());
-    keys.authenticate(header)
+    keys.authenticate(header).await
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -150,12 +151,15 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_websocket_token_is_read_from_connection_init() {
+    #[tokio::test]
+    async fn the_websocket_token_is_read_from_connection_init() {
         let keys = JwtKeys::new("k");
         let token = keys.issue("ana", &[], 60).unwrap();
         let payload = serde_json::json!({ "Authorization": format!("Bearer {token}") });
-        assert!(matches!(auth_from_init(&keys, &payload), Auth::Viewer(_)));
-        assert!(matches!(auth_from_init(&keys, &serde_json::json!({})), Auth::Anonymous));
+        assert!(matches!(auth_from_init(&keys, &payload).await, Auth::Viewer(_)));
+        assert!(matches!(
+            auth_from_init(&keys, &serde_json::json!({})).await,
+            Auth::Anonymous
+        ));
     }
 }

@@ -3,7 +3,8 @@
 //! breaker and a concurrency budget for every downstream, and live subscriptions.
 //!
 //! # Layout
-//! - `auth`: JWT verification and issuing.
+//! - `auth`: JWT verification (HS256 and the identity provider's JWKS) and issuing.
+//! - `token`: the `token` subcommand.
 //! - `downstream`: the gRPC clients with their budgets.
 //! - `error`: every error and its `extensions.code`, mapped once.
 //! - `schema`: queries, mutations, subscriptions, the book DataLoader.
@@ -19,6 +20,7 @@ mod graphiql;
 mod graphql_http;
 mod http;
 mod schema;
+mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,17 +30,18 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use library_platform::CancellationToken;
-use library_platform::config::{ShutdownArgs, TelemetryArgs};
+use library_platform::config::{Secret, ShutdownArgs, TelemetryArgs};
 use library_platform::grpc::guarded_channel;
 use library_proto::book::book_service_client::BookServiceClient;
 use library_proto::borrow::borrow_service_client::BorrowServiceClient;
 use library_proto::dashboard::dashboard_service_client::DashboardServiceClient;
 use tokio::net::TcpListener;
 
-pub use auth::{Claims, JwtKeys};
+pub use auth::{AuthError, AuthSettings, Claims, JwksPolicy, JwtKeys};
 pub use cors::{CorsError, CorsPolicy};
 pub use error::GatewayError;
 pub use schema::{LibrarySchema, MAX_COMPLEXITY, MAX_DEPTH, sdl};
+pub use token::{Command, TokenArgs, parse_ttl, print as print_token};
 
 use crate::downstream::{Downstream, Downstreams};
 
@@ -78,9 +81,21 @@ pub struct Config {
         default_value = "http://127.0.0.1:50053"
     )]
     pub dashboard_svc_url: String,
-    /// HS256 key that signs and checks bearer tokens (required).
+    /// HS256 key that signs and checks bearer tokens (this, LIBRARY_JWT_JWKS_URL, or both).
     #[arg(long = "jwt-secret", env = "LIBRARY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+    /// The identity provider's JWKS (e.g. https://idp/realms/library/protocol/openid-connect/certs):
+    /// tokens it signs (RS256, ES256, …) are accepted; its keys are re-read every 10 minutes
+    /// and when a token names an unknown key.
+    #[arg(long = "jwt-jwks-url", env = "LIBRARY_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// When set, every token must carry this `iss`.
+    #[arg(long = "jwt-issuer", env = "LIBRARY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// When set, every token's `aud` (a string or an array) must hold one of these
+    /// (comma-separated).
+    #[arg(long = "jwt-audience", env = "LIBRARY_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
     /// Deadline of every downstream call, in milliseconds.
     #[arg(
         long = "downstream-timeout-ms",
@@ -109,6 +124,36 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+impl Config {
+    /// What token verification is configured with.
+    pub fn auth_settings(&self) -> AuthSettings {
+        AuthSettings {
+            secret: self.jwt_secret.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            jwks_url: self.jwt_jwks_url.clone(),
+            jwks_policy: JwksPolicy::default(),
+        }
+    }
+}
+
+/// The `token` subcommand's token: HS256 with the configured secret, issuer and audience.
+///
+/// # Errors
+/// No `LIBRARY_JWT_SECRET`, or signing failed.
+pub fn token(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
+    if config.jwt_secret.as_ref().is_none_or(Secret::is_blank) {
+        return Err(AuthError::NoSecret.into());
+    }
+    let keys = JwtKeys::from_settings(&AuthSettings {
+        jwks_url: None,
+        ..config.auth_settings()
+    })?;
+    Ok(keys.issue(&args.sub, args.roles(), args.ttl.as_secs())?)
 }
 
 /// A built gateway: port bound, clients ready (they connect on first use).
@@ -123,10 +168,16 @@ impl Application {
     /// Checks the settings and binds the HTTP port. The services need not be up yet.
     ///
     /// # Errors
-    /// A missing secret, a bad URL, or a port that cannot be bound.
+    /// No secret and no JWKS, a bad URL, or a port that cannot be bound.
     pub async fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let secret =
-            library_platform::config::required("LIBRARY_JWT_SECRET", &config.jwt_secret).map_err(anyhow::Error::msg)?;
+        let keys = JwtKeys::from_settings(&config.auth_settings())?;
+        if keys.uses_jwks() && config.jwt_audience.is_empty() {
+            tracing::warn!(
+                "LIBRARY_JWT_JWKS_URL is set without LIBRARY_JWT_AUDIENCE: a token the identity provider \
+                 issued for any of its applications is accepted"
+            );
+        }
+        keys.load_jwks().await;
         let cors = CorsPolicy::parse(config.cors_origins.as_deref())?;
         let deadline = Duration::from_millis(config.downstream_timeout_ms);
         let downstreams = Arc::new(Downstreams {
@@ -172,7 +223,7 @@ impl Application {
             schema: schema::build(downstreams.clone(), shutdown.clone()),
             sdl: schema::sdl().into(),
             cors,
-            keys: JwtKeys::new(secret),
+            keys,
             downstreams,
             ready: Arc::new(AtomicBool::new(false)),
         };
@@ -203,6 +254,9 @@ impl Application {
             shutdown_delay,
         } = self;
         let ready = state.ready.clone();
+        // Part of this future, so it stops with the server; nothing is left running.
+        let (keys, stop) = (state.keys.clone(), shutdown.clone());
+        let keys_fresh = async move { keys.keep_fresh(stop).await };
         ready.store(true, Ordering::SeqCst);
         tracing::info!(addr = %listener.local_addr()?, "graphql-gateway serving HTTP");
         // Without TCP_NODELAY a response written in two parts waits for the client's delayed
@@ -212,13 +266,13 @@ impl Application {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                ready.store(false, Ordering::SeqCst);
-                library_platform::shutdown::lame_duck(shutdown_delay).await;
-            })
-            .await?;
+        let served = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            ready.store(false, Ordering::SeqCst);
+            library_platform::shutdown::lame_duck(shutdown_delay).await;
+        });
+        let (served, ()) = tokio::join!(served, keys_fresh);
+        served?;
         Ok(())
     }
 }

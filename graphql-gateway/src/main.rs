@@ -11,6 +11,9 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(exit) => return exit,
     };
+    if let Some(graphql_gateway::Command::Token(args)) = &config.command {
+        return graphql_gateway::print_token(graphql_gateway::token(&config, args));
+    }
     let (telemetry, log_level) = (config.telemetry.clone(), config.log_level.clone());
     let level = ServiceLevel {
         setting: "GATEWAY_LOG_LEVEL",

@@ -28,6 +28,51 @@ pub struct TelemetryArgs {
     pub otel_endpoint: Option<String>,
 }
 
+/// Where the embedded defaults keep their files (the SQLite databases, the all-in-one's
+/// development key), relative to the working directory.
+pub const DATA_DIR: &str = "data";
+
+/// A setting that must never appear in a log or a `{:?}` of the settings (a signing key, a
+/// password): its `Debug` and `Display` print `[redacted]`; [`Secret::expose`] gives the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the value is empty or only whitespace (an unset variable in a manifest).
+    pub fn is_blank(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// The service's own database.
 #[derive(clap::Args, Clone, Debug)]
 pub struct DatabaseArgs {
@@ -41,7 +86,7 @@ impl DatabaseArgs {
     pub fn url_or_default(&self, name: &str) -> String {
         self.database_url
             .clone()
-            .unwrap_or_else(|| format!("sqlite://data/{name}.db"))
+            .unwrap_or_else(|| format!("sqlite://{DATA_DIR}/{name}.db"))
     }
 }
 
@@ -238,6 +283,23 @@ mod tests {
     fn default_database_is_one_sqlite_file_per_service() {
         let args = DatabaseArgs { database_url: None };
         assert_eq!(args.url_or_default("book"), "sqlite://data/book.db");
+    }
+
+    #[test]
+    fn a_secret_never_prints() {
+        use clap::Parser;
+        #[derive(clap::Parser, Debug)]
+        struct WithSecret {
+            #[arg(long)]
+            key: Option<Secret>,
+        }
+        let settings = WithSecret::try_parse_from(["svc", "--key", "hunter2"]).expect("parsed");
+        let key = settings.key.as_ref().expect("given");
+        assert_eq!(key.expose(), "hunter2");
+        let shown = format!("{settings:?} {key}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+        assert!(Secret::from("  ").is_blank());
     }
 
     #[test]

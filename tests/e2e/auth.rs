@@ -25,6 +25,17 @@ async fn missing_expired_and_forged_tokens_are_unauthenticated(system: &System) 
                 Some(sign_token("not-the-secret", &unique("eve"), &["admin"], 3600)),
             ),
         ),
+        (
+            "a token not valid yet (nbf in ten minutes)",
+            system.client(
+                "early",
+                Some(system.token_with_claims(&json!({
+                    "sub": unique("early"),
+                    "exp": chrono::Utc::now().timestamp() + 3600,
+                    "nbf": chrono::Utc::now().timestamp() + 600,
+                }))),
+            ),
+        ),
         ("a token that is no JWT", system.client_with_header("Bearer not-a-jwt")),
         ("another scheme", system.client_with_header("Basic cmVhZGVyOnB3")),
     ];

@@ -667,6 +667,31 @@ impl System {
         sign_token(&self.secret, sub, roles, ttl_seconds)
     }
 
+    /// A token with exactly `claims`, signed with the system's key.
+    pub fn token_with_claims(&self, claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+        .expect("sign a token")
+    }
+
+    /// The system's working directory (the all-in-one's `./data/` is under it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the process `name` has logged so far.
+    pub async fn log_of(&self, name: &str) -> String {
+        let processes = self.processes.lock().await;
+        let process = processes
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process named {name}"));
+        std::fs::read_to_string(&process.log).unwrap_or_default()
+    }
+
     /// A GraphQL client sending `token` (if any) as `Authorization: Bearer …`.
     pub fn client(&self, user: &str, token: Option<String>) -> Gql {
         Gql {

@@ -49,4 +49,5 @@ mod overload;
 mod saga_fault;
 mod standard_clients;
 mod subscriptions;
+mod tokens;
 mod worked_example;
