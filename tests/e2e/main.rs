@@ -46,4 +46,5 @@ mod out_of_stock;
 mod overload;
 mod saga_fault;
 mod subscriptions;
+mod traces;
 mod worked_example;
