@@ -267,6 +267,13 @@ impl Subscriptions {
             .collect();
         if valid.len() > 1 {
             let span = tracing::info_span!("consume_batch", consumer = %self.consumer, size = valid.len());
+            // The transaction's own trace, linked to each event's, where a trace viewer finds
+            // what else was applied with an event.
+            for event_span in spans.iter().flatten() {
+                use opentelemetry::trace::TraceContextExt;
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                span.add_link(event_span.context().span().span_context().clone());
+            }
             let together = self.apply_together(batch, &valid, &spans).instrument(span).await;
             if together.is_ok() {
                 for i in &valid {
