@@ -339,6 +339,20 @@ mod tests {
     }
 
     #[test]
+    fn a_new_trace_is_a_valid_sampled_traceparent() {
+        let root = TraceHeaders::new_root();
+        let parts: Vec<&str> = root.traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{root:?}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        assert_eq!(root.trace_id(), parts[1]);
+        assert_ne!(TraceHeaders::new_root().trace_id(), root.trace_id());
+        assert_eq!(root.tracestate, None);
+    }
+
+    #[test]
     fn a_bad_service_level_names_its_variable() {
         let levels = [ServiceLevel {
             setting: "BORROW_LOG_LEVEL",
