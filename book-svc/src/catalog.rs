@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
-use library_platform::bus::{EventEnvelope, HandleError, Outbox, Subscriptions};
+use library_platform::bus::{EventEnvelope, EventMeta, HandleError, Outbox, Subscriptions};
 use library_platform::database::insert_together;
 use library_platform::paging::{self, PagingError};
 use library_platform::text::{copies, is_are};
@@ -349,15 +349,21 @@ impl Catalog {
     /// confirmed; when borrow-svc did not hear of the hold (it stored the loan PENDING), it is
     /// told with `StockReserved`. A loan stored on a hold that is no longer there (settled after
     /// the loan closed) takes nothing. Every other loan's copies are reserved (`StockReserved`)
-    /// or refused (`OutOfStock`), first come first served ([`take_for_loans`]).
+    /// or refused (`OutOfStock`), first come first served ([`take_for_loans`]). Each loan's
+    /// answer continues its `BookBorrowed`'s trace.
     ///
     /// # Errors
     /// A database failure: the deliveries are retried.
     pub async fn reserve_for_loans(
         &self,
         txn: &DatabaseTransaction,
-        borrowed: Vec<BookBorrowed>,
+        borrowed: Vec<(BookBorrowed, EventMeta)>,
     ) -> Result<(), HandleError> {
+        let causes: HashMap<String, tracing::Span> = borrowed
+            .iter()
+            .map(|(loan, meta)| (loan.loan_id.clone(), meta.span.clone()))
+            .collect();
+        let borrowed: Vec<BookBorrowed> = borrowed.into_iter().map(|(loan, _)| loan).collect();
         // Confirming a hold locks it, so a release (a refused borrow, a settled hold) either
         // went first (and the loan takes nothing: see below) or finds it confirmed.
         let held: HashSet<String> = confirming(borrowed.iter().map(|loan| loan.loan_id.as_str()))
@@ -409,7 +415,7 @@ impl Catalog {
             match allocation {
                 Some(Allocation { served: true, left }) => {
                     tracing::debug!(loan_id = %loan.loan_id, book_id = %loan.book_id, quantity = loan.quantity, "copies reserved");
-                    events.push(EventEnvelope::of(&stock_reserved(&loan, *left, now)));
+                    events.push(answering(&causes, &loan.loan_id, &stock_reserved(&loan, *left, now)));
                 }
                 refused => {
                     let (available, reason) = match refused {
@@ -417,7 +423,7 @@ impl Catalog {
                         None => (0, "book not in the catalogue"),
                     };
                     tracing::info!(loan_id = %loan.loan_id, book_id = %loan.book_id, quantity = loan.quantity, available, reason, "out of stock");
-                    events.push(EventEnvelope::of(&OutOfStock {
+                    let refusal = OutOfStock {
                         event_id: new_event_id(),
                         occurred_at: Some(to_timestamp(now)),
                         loan_id: loan.loan_id,
@@ -425,12 +431,17 @@ impl Catalog {
                         requested: loan.quantity,
                         available_copies: available,
                         reason: reason.to_owned(),
-                    }));
+                    };
+                    events.push(answering(&causes, &refusal.loan_id, &refusal));
                 }
             }
         }
         for loan in unheard {
-            events.push(EventEnvelope::of(&stock_reserved(loan, shelf(&loan.book_id), now)));
+            events.push(answering(
+                &causes,
+                &loan.loan_id,
+                &stock_reserved(loan, shelf(&loan.book_id), now),
+            ));
         }
         for book in taken.changed.iter().chain(&confirmed) {
             tracing::info!(book_id = %book.id, available = book.available_copies, "copies reserved");
@@ -821,6 +832,19 @@ async fn release_holds(txn: &DatabaseTransaction, holds: &[reservations::Model],
         txn.execute(&insert).await?;
     }
     Ok(holds.iter().map(|hold| hold.quantity).sum())
+}
+
+/// `event`, the answer to the loan `loan_id`, in the trace of that loan's `BookBorrowed`
+/// (`causes`: each consumed event's span), or of the current span.
+fn answering<E: library_proto::DomainEvent>(
+    causes: &HashMap<String, tracing::Span>,
+    loan_id: &str,
+    event: &E,
+) -> EventEnvelope {
+    match causes.get(loan_id) {
+        Some(span) => EventEnvelope::caused_by(event, span),
+        None => EventEnvelope::of(event),
+    }
 }
 
 fn stock_released(

@@ -19,11 +19,7 @@ pub fn subscriptions(catalog: Catalog) -> Subscriptions {
         .subscriptions("book-svc")
         .on_batch::<BookBorrowed, _>(move |run, txn| {
             let catalog = reserve.clone();
-            Box::pin(async move {
-                catalog
-                    .reserve_for_loans(txn, run.into_iter().map(|(event, _)| event).collect())
-                    .await
-            })
+            Box::pin(async move { catalog.reserve_for_loans(txn, run).await })
         })
         .on::<BookReturned, _>(move |event, _, txn| {
             let catalog = on_return.clone();

@@ -159,6 +159,7 @@ impl Circulation {
                 quantity,
                 idempotency_key,
                 stock_held,
+                cause: tracing::Span::current(),
             })
             .await;
         // Refused, or answered with the loan a repeated key made first: this loan will never

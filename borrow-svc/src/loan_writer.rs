@@ -47,6 +47,9 @@ pub struct NewLoan {
     pub quantity: i32,
     pub idempotency_key: Option<String>,
     pub stock_held: bool,
+    /// The span of the request that made the borrow: its `BookBorrowed`, written by the
+    /// batching task, continues that request's trace.
+    pub cause: tracing::Span,
 }
 
 type Reply = oneshot::Sender<Result<Loan, CirculationError>>;
@@ -206,7 +209,7 @@ impl LoanStore {
         let now = Utc::now();
         let due_at = self.policy.due_at(now);
         let stored: Vec<Loan> = new.iter().map(|n| new_loan(n, now, due_at)).collect();
-        let mut inserts = self.inserts_of(&stored);
+        let mut inserts = self.inserts_of(new, &stored);
         inserts.push(allowances(new, self.policy.max_copies()));
         let txn = self.db.begin().await?;
         let allowed = insert_together(&txn, inserts).await?;
@@ -258,7 +261,7 @@ impl LoanStore {
             .collect();
         let stored: Vec<Loan> = outcomes.iter().flatten().cloned().collect();
         if !stored.is_empty() {
-            match insert_together(&txn, self.inserts_of(&stored)).await {
+            match insert_together(&txn, self.inserts_of(loans, &stored)).await {
                 Ok(_) => {}
                 // A twin keyed borrow in the other batch in flight committed first.
                 Err(e) if is_unique_violation(&e) => {
@@ -273,10 +276,17 @@ impl LoanStore {
         Ok(outcomes)
     }
 
-    /// What storing `loans` inserts: the loans, their `BookBorrowed` events and their audit.
-    fn inserts_of(&self, loans: &[Loan]) -> Vec<InsertStatement> {
+    /// What storing `loans` (made from borrows of `new`) inserts: the loans, their
+    /// `BookBorrowed` events, each in its borrow's trace, and their audit.
+    fn inserts_of(&self, new: &[NewLoan], loans: &[Loan]) -> Vec<InsertStatement> {
         let models = loans.iter().cloned().map(loans::ActiveModel::from);
-        let events = loans.iter().map(|loan| EventEnvelope::of(&borrowed_event(loan)));
+        let events = loans.iter().map(|loan| {
+            let event = borrowed_event(loan);
+            match new.iter().find(|borrow| borrow.id == loan.id) {
+                Some(borrow) => EventEnvelope::caused_by(&event, &borrow.cause),
+                None => EventEnvelope::of(&event),
+            }
+        });
         std::iter::once(loans::Entity::insert_many(models).into_query())
             .chain(Outbox::insert_of(events))
             .chain(self.audit.insert_of(loans.iter().flat_map(stored_transitions)))

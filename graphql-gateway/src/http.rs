@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::auth::{Auth, JwtKeys};
 use crate::cors::CorsPolicy;
@@ -87,7 +88,11 @@ async fn graphql(
     let operation = request.operation_name.clone().unwrap_or_else(|| "anonymous".into());
     request.data = request_data(&state.downstreams, auth);
     let started = Instant::now();
-    let mut response = state.schema.execute(request).await;
+    // One span per request, the parent of every downstream call's context (the resolvers run
+    // inside this future), itself the child of the caller's `traceparent` if it sent one.
+    let span = tracing::info_span!("graphql", operation = %operation);
+    library_platform::telemetry::set_parent_from_headers(&span, &headers);
+    let mut response = state.schema.execute(request).instrument(span).await;
     // Parse, validation, depth and complexity errors come from the engine without a code.
     for error in &mut response.errors {
         let extensions = error.extensions.get_or_insert_with(Default::default);

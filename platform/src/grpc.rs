@@ -46,7 +46,7 @@ pub fn server() -> GrpcServer {
     let router = Server::builder()
         .trace_fn(|request| {
             let span = tracing::info_span!("grpc", method = %request.uri().path());
-            crate::telemetry::set_parent_from_traceparent(&span, crate::telemetry::traceparent_of(request.headers()));
+            crate::telemetry::set_parent_from_headers(&span, request.headers());
             span
         })
         .layer(GrpcMetricsLayer)

@@ -334,6 +334,16 @@ impl System {
     /// pods come up in any order); [`System::start_service`] starts them. Without every process,
     /// no warm-up borrow proves the broker topology.
     pub async fn distributed_except(not_started: &[&str]) -> System {
+        Self::distributed_configured(not_started, &[]).await
+    }
+
+    /// [`System::distributed`] with `settings` added to every process's environment (e.g.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub async fn distributed_with(settings: &[(&str, &str)]) -> System {
+        Self::distributed_configured(&[], settings).await
+    }
+
+    async fn distributed_configured(not_started: &[&str], settings: &[(&str, &str)]) -> System {
         let binaries = ["book-svc", "borrow-svc", "dashboard-svc", "graphql-gateway"].map(workspace_binary);
         let dir = std::env::temp_dir().join(unique("library-e2e"));
         std::fs::create_dir_all(&dir).expect("create the working directory");
@@ -360,6 +370,7 @@ impl System {
         let common = |extra: Vec<(&str, String)>| {
             let mut env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
             env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+            env.extend(settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
             env
         };
         let [book_bin, borrow_bin, dashboard_bin, gateway_bin] = binaries;

@@ -50,4 +50,5 @@ mod saga_fault;
 mod standard_clients;
 mod subscriptions;
 mod tokens;
+mod traces;
 mod worked_example;

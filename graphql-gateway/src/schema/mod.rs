@@ -66,7 +66,8 @@ pub fn request_data(downstreams: &Arc<Downstreams>, auth: Auth) -> Data {
         BookLoader {
             downstreams: downstreams.clone(),
         },
-        tokio::spawn,
+        // A batch of loads runs in a task of its own: in the span of the request that asked.
+        |batch| tokio::spawn(tracing::Instrument::instrument(batch, tracing::Span::current())),
     ));
     data
 }

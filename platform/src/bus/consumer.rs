@@ -77,6 +77,11 @@ pub struct EventMeta {
     pub consumer: Arc<str>,
     pub event_id: String,
     pub occurred_at: chrono::DateTime<chrono::Utc>,
+    /// This event's `consume` span, a child of the context it was published in. A per-event
+    /// handler ([`Subscriptions::on`]) runs inside it; a run handler ([`Subscriptions::on_batch`])
+    /// gives it to [`EventEnvelope::caused_by`] for the events it writes because of this one, so
+    /// that they continue its trace.
+    pub span: tracing::Span,
 }
 
 impl EventMeta {
@@ -172,7 +177,8 @@ impl Subscriptions {
             let handler = handler.clone();
             Box::pin(async move {
                 for (event, meta) in events {
-                    handler(event, meta, txn).await?;
+                    let span = meta.span.clone();
+                    handler(event, meta, txn).instrument(span).await?;
                 }
                 Ok(())
             })
@@ -217,12 +223,26 @@ impl Subscriptions {
         self.handlers.keys().map(|k| (*k).to_owned()).collect()
     }
 
-    fn meta_of(&self, envelope: &EventEnvelope) -> EventMeta {
+    fn meta_of(&self, envelope: &EventEnvelope, span: &tracing::Span) -> EventMeta {
         EventMeta {
             consumer: self.consumer.clone(),
             event_id: envelope.event_id.clone(),
             occurred_at: envelope.occurred_at,
+            span: span.clone(),
         }
+    }
+
+    /// The span of consuming `envelope`: a child of the context it was published in, so the
+    /// consumer's work joins the publisher's trace (each event its own, within a batch too).
+    fn consume_span(&self, envelope: &EventEnvelope) -> tracing::Span {
+        let span = tracing::info_span!(
+            "consume",
+            consumer = %self.consumer,
+            event = %envelope.event_type,
+            event_id = %envelope.event_id,
+        );
+        crate::telemetry::set_parent(&span, envelope.traceparent.as_deref(), envelope.tracestate.as_deref());
+        span
     }
 
     /// Applies one delivery (with retries). `Err` carries the reason to put on the dead-letter
@@ -238,9 +258,23 @@ impl Subscriptions {
         let mut outcomes: Vec<Option<Result<(), String>>> =
             batch.iter().map(|e| self.precheck(e).err().map(Err)).collect();
         let valid: Vec<usize> = (0..batch.len()).filter(|i| outcomes[*i].is_none()).collect();
+        // One span per event, open until its outcome is known, whether it is applied with the
+        // batch or alone after the batch failed.
+        let spans: Vec<Option<tracing::Span>> = outcomes
+            .iter()
+            .zip(batch)
+            .map(|(outcome, envelope)| outcome.is_none().then(|| self.consume_span(envelope)))
+            .collect();
         if valid.len() > 1 {
             let span = tracing::info_span!("consume_batch", consumer = %self.consumer, size = valid.len());
-            let together = self.apply_together(batch, &valid).instrument(span).await;
+            // The transaction's own trace, linked to each event's, where a trace viewer finds
+            // what else was applied with an event.
+            for event_span in spans.iter().flatten() {
+                use opentelemetry::trace::TraceContextExt;
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                span.add_link(event_span.context().span().span_context().clone());
+            }
+            let together = self.apply_together(batch, &valid, &spans).instrument(span).await;
             if together.is_ok() {
                 for i in &valid {
                     outcomes[*i] = Some(Ok(()));
@@ -248,8 +282,10 @@ impl Subscriptions {
             }
         }
         for i in valid {
-            if outcomes[i].is_none() {
-                outcomes[i] = Some(self.apply_alone(&batch[i]).await);
+            if outcomes[i].is_none()
+                && let Some(span) = &spans[i]
+            {
+                outcomes[i] = Some(self.apply_alone(&batch[i], span).await);
             }
         }
         let outcomes: Vec<Result<(), String>> = outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
@@ -282,15 +318,20 @@ impl Subscriptions {
     /// Every event of `batch[valid]` in one transaction; any failure rolls all of them back. The
     /// claims of the whole batch are one statement; only the events it newly claimed (each once,
     /// even when the batch holds it twice) reach their handler.
-    async fn apply_together(&self, batch: &[EventEnvelope], valid: &[usize]) -> Result<(), HandleError> {
+    async fn apply_together(
+        &self,
+        batch: &[EventEnvelope],
+        valid: &[usize],
+        spans: &[Option<tracing::Span>],
+    ) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
         let mut claimed = self
             .claim_all(&txn, valid.iter().map(|i| batch[*i].event_id.as_str()))
             .await?;
         let fresh = valid
             .iter()
-            .map(|i| &batch[*i])
-            .filter(|envelope| claimed.remove(envelope.event_id.as_str()));
+            .filter_map(|i| Some((&batch[*i], spans[*i].as_ref()?)))
+            .filter(|(envelope, _)| claimed.remove(envelope.event_id.as_str()));
         self.handle_runs(&txn, fresh).await?;
         self.outbox.commit(txn).await?;
         Ok(())
@@ -300,14 +341,17 @@ impl Subscriptions {
     async fn handle_runs<'e>(
         &self,
         txn: &DatabaseTransaction,
-        events: impl Iterator<Item = &'e EventEnvelope>,
+        events: impl Iterator<Item = (&'e EventEnvelope, &'e tracing::Span)>,
     ) -> Result<(), HandleError> {
-        let mut run: Vec<&EventEnvelope> = Vec::new();
-        for envelope in events {
-            if run.last().is_some_and(|last| last.routing_key != envelope.routing_key) {
+        let mut run: Vec<(&EventEnvelope, &tracing::Span)> = Vec::new();
+        for (envelope, span) in events {
+            if run
+                .last()
+                .is_some_and(|(last, _)| last.routing_key != envelope.routing_key)
+            {
                 self.handle(txn, std::mem::take(&mut run)).await?;
             }
-            run.push(envelope);
+            run.push((envelope, span));
         }
         if !run.is_empty() {
             self.handle(txn, run).await?;
@@ -342,22 +386,15 @@ impl Subscriptions {
         rows.iter().map(|row| row.try_get::<String>("", "event_id")).collect()
     }
 
-    /// One event in its own transaction, retried with backoff.
-    async fn apply_alone(&self, envelope: &EventEnvelope) -> Result<(), String> {
-        let span = tracing::info_span!(
-            "consume",
-            consumer = %self.consumer,
-            event = %envelope.event_type,
-            event_id = %envelope.event_id,
-        );
-        crate::telemetry::set_parent_from_traceparent(&span, envelope.traceparent.as_deref());
+    /// One event in its own transaction, retried with backoff, inside its `span`.
+    async fn apply_alone(&self, envelope: &EventEnvelope, span: &tracing::Span) -> Result<(), String> {
         async {
             let mut delay = Duration::from_millis(50);
             let mut attempt = 1;
             loop {
                 let outcome = async {
                     let txn = self.db.begin().await?;
-                    self.apply_in(&txn, envelope).await?;
+                    self.apply_in(&txn, envelope, span).await?;
                     self.outbox.commit(txn).await?;
                     Ok::<(), HandleError>(())
                 }
@@ -377,21 +414,30 @@ impl Subscriptions {
                 }
             }
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await
     }
 
     /// Claims and applies one event inside `txn`; a duplicate changes nothing.
-    async fn apply_in(&self, txn: &DatabaseTransaction, envelope: &EventEnvelope) -> Result<(), HandleError> {
-        if !self.meta_of(envelope).claim(txn).await? {
+    async fn apply_in(
+        &self,
+        txn: &DatabaseTransaction,
+        envelope: &EventEnvelope,
+        span: &tracing::Span,
+    ) -> Result<(), HandleError> {
+        if !self.meta_of(envelope, span).claim(txn).await? {
             return Ok(());
         }
-        self.handle(txn, vec![envelope]).await
+        self.handle(txn, vec![(envelope, span)]).await
     }
 
     /// Hands a run of claimed events of one type to its handler.
-    async fn handle(&self, txn: &DatabaseTransaction, run: Vec<&EventEnvelope>) -> Result<(), HandleError> {
-        let Some(first) = run.first() else {
+    async fn handle(
+        &self,
+        txn: &DatabaseTransaction,
+        run: Vec<(&EventEnvelope, &tracing::Span)>,
+    ) -> Result<(), HandleError> {
+        let Some((first, _)) = run.first() else {
             return Ok(());
         };
         let handler = self
@@ -400,7 +446,7 @@ impl Subscriptions {
             .ok_or_else(|| HandleError::Malformed(format!("no handler for `{}`", first.routing_key)))?;
         let run = run
             .into_iter()
-            .map(|envelope| (envelope.payload.clone(), self.meta_of(envelope)))
+            .map(|(envelope, span)| (envelope.payload.clone(), self.meta_of(envelope, span)))
             .collect();
         handler(run, txn).await
     }

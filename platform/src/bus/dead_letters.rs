@@ -34,6 +34,11 @@ enum DeadLetters {
     DeadLetteredAt,
 }
 
+/// The table's name, for the migrations that change it.
+pub(super) fn table() -> DynIden {
+    DeadLetters::Table.into_iden()
+}
+
 fn columns() -> Vec<DynIden> {
     std::iter::once(DeadLetters::Queue.into_iden())
         .chain(ENVELOPE_COLUMNS.map(IntoIden::into_iden))

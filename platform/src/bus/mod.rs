@@ -52,20 +52,38 @@ pub struct EventEnvelope {
     pub payload: Vec<u8>,
     /// When the change happened (AMQP `timestamp`).
     pub occurred_at: DateTime<Utc>,
-    /// W3C trace context of the change.
+    /// W3C trace context of the change (`traceparent`); every event published by
+    /// [`EventEnvelope::of`] has one, exported or not.
     pub traceparent: Option<String>,
+    /// The W3C `tracestate` beside it, when the trace carries vendor state.
+    pub tracestate: Option<String>,
 }
 
 impl EventEnvelope {
-    /// Wraps `event`, taking the trace context of the current span.
+    /// Wraps `event`, taking the trace context of the current span (outside any span, a new
+    /// trace's).
     pub fn of<E: DomainEvent>(event: &E) -> Self {
+        Self::in_trace(event, crate::telemetry::TraceHeaders::current_or_new())
+    }
+
+    /// Wraps `event`, caused by what the span `cause` traces (e.g. the request that made it,
+    /// when the event is written by another task, or the consumed event of [`EventMeta::span`]).
+    pub fn caused_by<E: DomainEvent>(event: &E, cause: &tracing::Span) -> Self {
+        let trace = crate::telemetry::TraceHeaders::of_span(cause)
+            .unwrap_or_else(crate::telemetry::TraceHeaders::current_or_new);
+        Self::in_trace(event, trace)
+    }
+
+    /// Wraps `event` with the trace context `trace`.
+    pub fn in_trace<E: DomainEvent>(event: &E, trace: crate::telemetry::TraceHeaders) -> Self {
         Self {
             event_id: event.event_id().to_owned(),
             event_type: E::NAME.to_owned(),
             routing_key: E::ROUTING_KEY.to_owned(),
             payload: event.encode_to_vec(),
             occurred_at: Utc::now(),
-            traceparent: crate::telemetry::current_traceparent(),
+            traceparent: Some(trace.traceparent),
+            tracestate: trace.tracestate,
         }
     }
 }

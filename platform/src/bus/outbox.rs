@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use library_proto::DomainEvent;
-use sea_orm::sea_query::{ColumnDef, Expr, Index, InsertStatement, Table};
+use sea_orm::sea_query::{ColumnDef, Expr, Index, InsertStatement, IntoIden, Table};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, DeriveIden, QueryResult};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 use tokio::sync::Notify;
@@ -23,20 +23,23 @@ pub(super) enum OutboxEvents {
     Payload,
     Traceparent,
     OccurredAt,
+    Tracestate,
 }
 
 /// The columns that hold an [`EventEnvelope`], in the order of its fields; the dead-letter
 /// table has them too, under the same names.
-pub(super) const ENVELOPE_COLUMNS: [OutboxEvents; 6] = [
+pub(super) const ENVELOPE_COLUMNS: [OutboxEvents; 7] = [
     OutboxEvents::EventId,
     OutboxEvents::EventType,
     OutboxEvents::RoutingKey,
     OutboxEvents::Payload,
     OutboxEvents::Traceparent,
     OutboxEvents::OccurredAt,
+    OutboxEvents::Tracestate,
 ];
 
-/// How a migration defines the [`ENVELOPE_COLUMNS`].
+/// How the tables were first created with the [`ENVELOPE_COLUMNS`] but `tracestate`, which
+/// [`AddTracestate`] adds.
 pub(super) fn envelope_column_defs() -> [ColumnDef; 6] {
     [
         ColumnDef::new(OutboxEvents::EventId)
@@ -64,7 +67,7 @@ pub(super) fn envelope_column_defs() -> [ColumnDef; 6] {
 }
 
 /// `envelope`'s values for the [`ENVELOPE_COLUMNS`].
-pub(super) fn envelope_values(envelope: EventEnvelope) -> [Expr; 6] {
+pub(super) fn envelope_values(envelope: EventEnvelope) -> [Expr; 7] {
     [
         envelope.event_id.into(),
         envelope.event_type.into(),
@@ -72,6 +75,7 @@ pub(super) fn envelope_values(envelope: EventEnvelope) -> [Expr; 6] {
         envelope.payload.into(),
         envelope.traceparent.into(),
         envelope.occurred_at.into(),
+        envelope.tracestate.into(),
     ]
 }
 
@@ -83,6 +87,7 @@ pub(super) fn envelope_of(row: &QueryResult) -> Result<EventEnvelope, DbErr> {
         routing_key: row.try_get("", "routing_key")?,
         payload: row.try_get("", "payload")?,
         traceparent: row.try_get("", "traceparent")?,
+        tracestate: row.try_get("", "tracestate")?,
         occurred_at: row.try_get::<DateTime<Utc>>("", "occurred_at")?,
     })
 }
@@ -159,7 +164,35 @@ pub fn bus_migrations() -> Vec<Box<dyn MigrationTrait>> {
     vec![
         Box::new(CreateEventTables),
         Box::new(super::dead_letters::CreateDeadLetters),
+        Box::new(AddTracestate),
     ]
+}
+
+/// Adds the W3C `tracestate` (vendor trace state, up to 512 characters) beside `traceparent`
+/// in the outbox and the dead letters.
+struct AddTracestate;
+
+impl MigrationName for AddTracestate {
+    fn name(&self) -> &str {
+        "m20261220_000000_add_tracestate"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for AddTracestate {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [OutboxEvents::Table.into_iden(), super::dead_letters::table()] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(table)
+                        .add_column(ColumnDef::new(OutboxEvents::Tracestate).text().null())
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 struct CreateEventTables;

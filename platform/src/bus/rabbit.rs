@@ -259,6 +259,9 @@ fn properties_of(envelope: &EventEnvelope) -> BasicProperties {
     if let Some(tp) = &envelope.traceparent {
         headers.insert("traceparent".into(), AMQPValue::LongString(tp.as_str().into()));
     }
+    if let Some(state) = &envelope.tracestate {
+        headers.insert("tracestate".into(), AMQPValue::LongString(state.as_str().into()));
+    }
     headers.insert(
         OCCURRED_AT_HEADER.into(),
         AMQPValue::LongLongInt(envelope.occurred_at.timestamp_micros()),
@@ -274,14 +277,14 @@ fn properties_of(envelope: &EventEnvelope) -> BasicProperties {
 
 fn envelope_of(delivery: &Delivery) -> EventEnvelope {
     let props = &delivery.properties;
-    let traceparent = props
-        .headers()
-        .as_ref()
-        .and_then(|h| match h.inner().get("traceparent") {
+    let text_header = |name: &str| {
+        props.headers().as_ref().and_then(|h| match h.inner().get(name) {
             Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
             Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
             _ => None,
-        });
+        })
+    };
+    let (traceparent, tracestate) = (text_header("traceparent"), text_header("tracestate"));
     // The AMQP timestamp has whole seconds; the header, when the publisher set it, microseconds.
     let occurred_at = props
         .headers()
@@ -308,6 +311,7 @@ fn envelope_of(delivery: &Delivery) -> EventEnvelope {
         payload: delivery.data.clone(),
         occurred_at,
         traceparent,
+        tracestate,
     }
 }
 

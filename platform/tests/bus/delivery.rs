@@ -302,6 +302,7 @@ async fn an_event_arrives_as_it_was_published() {
         );
         let mut sent = EventEnvelope::of(&event());
         sent.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        sent.tracestate = Some("library=1,other=x".into());
         // Listening starts in the background: publish until it hears.
         let heard = tokio::time::timeout(WAIT, async {
             loop {
@@ -318,6 +319,7 @@ async fn an_event_arrives_as_it_was_published() {
         assert_eq!(heard.routing_key, sent.routing_key);
         assert_eq!(heard.payload, sent.payload);
         assert_eq!(heard.traceparent, sent.traceparent);
+        assert_eq!(heard.tracestate, sent.tracestate);
         assert_eq!(
             heard.occurred_at.timestamp_micros(),
             sent.occurred_at.timestamp_micros()

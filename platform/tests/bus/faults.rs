@@ -252,8 +252,8 @@ async fn the_in_process_bus_keeps_a_dead_letter_on_disk_before_the_outbox_forget
 /// database: back into its own outbox, whose relay publishes them to every consumer of their
 /// routing key (those that applied them already skip them by event id).
 const REPLAY_DEAD_LETTERS: &str = "BEGIN;
-INSERT INTO outbox_events (event_id, event_type, routing_key, payload, traceparent, occurred_at)
-  SELECT event_id, event_type, routing_key, payload, traceparent, occurred_at
+INSERT INTO outbox_events (event_id, event_type, routing_key, payload, traceparent, tracestate, occurred_at)
+  SELECT event_id, event_type, routing_key, payload, traceparent, tracestate, occurred_at
   FROM dead_letters WHERE queue = 'test.replay' ORDER BY id;
 DELETE FROM dead_letters WHERE queue = 'test.replay';
 COMMIT;";
