@@ -4,7 +4,7 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use library_platform::CancellationToken;
-use library_platform::grpc::{internal, invalid_field, parse_id, refused};
+use library_platform::grpc::{Reason, internal, invalid_field, parse_id, refused};
 use library_platform::text::{copies, is_are};
 use library_proto::book::book_service_server::BookService;
 use library_proto::book::{
@@ -30,7 +30,7 @@ impl From<CatalogError> for Status {
             CatalogError::NotFound => Status::not_found("book not found"),
             CatalogError::CopiesOnLoan { on_loan } => refused(
                 Code::FailedPrecondition,
-                "COPIES_ON_LOAN",
+                Reason::CopiesOnLoan,
                 format!(
                     "{} {} on loan; they must come back first",
                     copies(on_loan),

@@ -1,6 +1,6 @@
 //! The `library.borrow.v1.BorrowService` server: requests parsed at the edge, the circulation
 //! desk called, errors mapped to status codes here and nowhere else.
-use library_platform::grpc::{internal, invalid_field, parse_id, parse_user_id, refused};
+use library_platform::grpc::{Reason, internal, invalid_field, parse_id, parse_user_id, refused};
 use library_proto::borrow::borrow_service_server::BorrowService;
 use library_proto::borrow::{
     BorrowRequest, ChangeDueDateRequest, GetLoanRequest, ListLoansRequest, ListLoansResponse, Loan as LoanMessage,
@@ -21,13 +21,15 @@ impl From<CirculationError> for Status {
             }
             CirculationError::Paging(e) => e.to_status(),
             CirculationError::Return(ReturnError::InvalidQuantity) => invalid_field("quantity", "must be at least 1"),
-            CirculationError::OutOfStock { .. } => refused(Code::FailedPrecondition, "OUT_OF_STOCK", message),
-            CirculationError::LimitReached { .. } => refused(Code::FailedPrecondition, "LOAN_LIMIT_REACHED", message),
+            CirculationError::OutOfStock { .. } => refused(Code::FailedPrecondition, Reason::OutOfStock, message),
+            CirculationError::LimitReached { .. } => {
+                refused(Code::FailedPrecondition, Reason::LoanLimitReached, message)
+            }
             CirculationError::Return(ReturnError::ExceedsOutstanding { .. }) => {
-                refused(Code::FailedPrecondition, "RETURN_EXCEEDS_LOAN", message)
+                refused(Code::FailedPrecondition, Reason::ReturnExceedsLoan, message)
             }
             CirculationError::Return(ReturnError::NotActive(_)) | CirculationError::Closed(_) => {
-                refused(Code::FailedPrecondition, "LOAN_NOT_ACTIVE", message)
+                refused(Code::FailedPrecondition, Reason::LoanNotActive, message)
             }
             CirculationError::BookNotFound | CirculationError::LoanNotFound => Status::not_found(message),
             CirculationError::NotYourLoan => Status::permission_denied(message),

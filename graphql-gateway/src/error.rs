@@ -2,7 +2,7 @@
 //! `extensions.code` from CONTRACT.md and a message safe to show; internal detail is logged here
 //! and nowhere else.
 use async_graphql::ErrorExtensions;
-use library_platform::grpc::{invalid_field_of, reason_of};
+use library_platform::grpc::{Reason, invalid_field_of, reason_of};
 use tonic::{Code, Status};
 
 /// How long a client should wait before retrying a shed request.
@@ -69,9 +69,9 @@ impl GatewayError {
     pub fn from_status(service: &'static str, status: &Status) -> Self {
         let message = status.message().to_owned();
         match (reason_of(status), status.code()) {
-            (Some("OUT_OF_STOCK"), _) => GatewayError::OutOfStock(message),
-            (Some("LOAN_LIMIT_REACHED"), _) => GatewayError::LoanLimitReached(message),
-            (Some("RETURN_EXCEEDS_LOAN"), _) => GatewayError::ReturnExceedsLoan(message),
+            (Some(Reason::OutOfStock), _) => GatewayError::OutOfStock(message),
+            (Some(Reason::LoanLimitReached), _) => GatewayError::LoanLimitReached(message),
+            (Some(Reason::ReturnExceedsLoan), _) => GatewayError::ReturnExceedsLoan(message),
             (_, Code::NotFound) => GatewayError::NotFound(message),
             (_, Code::InvalidArgument | Code::OutOfRange) => {
                 GatewayError::BadUserInput(match invalid_field_of(status) {
@@ -136,7 +136,11 @@ mod tests {
 
     #[test]
     fn refusal_reasons_win_over_codes() {
-        let status = refused(Code::FailedPrecondition, "OUT_OF_STOCK", "only 4 copies are available");
+        let status = refused(
+            Code::FailedPrecondition,
+            Reason::OutOfStock,
+            "only 4 copies are available",
+        );
         let error = GatewayError::from_status("borrow", &status);
         assert_eq!(error.code(), "OUT_OF_STOCK");
         assert_eq!(error.message(), "only 4 copies are available");

@@ -212,18 +212,66 @@ pub fn request<T>(message: T, deadline: Duration) -> tonic::Request<T> {
     request
 }
 
+/// Why a service refused a call, where the gRPC code alone does not say (several refusals share
+/// `FAILED_PRECONDITION`): what the gateway turns into an `extensions.code`. One list for the
+/// services that refuse and the gateway that maps, so neither matches a string literal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Too few copies on the shelf.
+    OutOfStock,
+    /// The reader would go over their limit of copies.
+    LoanLimitReached,
+    /// A return of more copies than are outstanding.
+    ReturnExceedsLoan,
+    /// The loan is not in a state that allows it (closed, or not yet active).
+    LoanNotActive,
+    /// The book still has copies on loan.
+    CopiesOnLoan,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 5] = [
+        Reason::OutOfStock,
+        Reason::LoanLimitReached,
+        Reason::ReturnExceedsLoan,
+        Reason::LoanNotActive,
+        Reason::CopiesOnLoan,
+    ];
+
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::OutOfStock => "OUT_OF_STOCK",
+            Reason::LoanLimitReached => "LOAN_LIMIT_REACHED",
+            Reason::ReturnExceedsLoan => "RETURN_EXCEEDS_LOAN",
+            Reason::LoanNotActive => "LOAN_NOT_ACTIVE",
+            Reason::CopiesOnLoan => "COPIES_ON_LOAN",
+        }
+    }
+
+    /// The reason named `name`, if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
+}
+
 /// A refusal with a machine-readable reason.
-pub fn refused(code: Code, reason: &'static str, message: impl Into<String>) -> Status {
+pub fn refused(code: Code, reason: Reason, message: impl Into<String>) -> Status {
     let mut status = Status::new(code, message);
     status
         .metadata_mut()
-        .insert(REASON_KEY, tonic::metadata::MetadataValue::from_static(reason));
+        .insert(REASON_KEY, tonic::metadata::MetadataValue::from_static(reason.as_str()));
     status
 }
 
 /// The reason a refusal carries, if any.
-pub fn reason_of(status: &Status) -> Option<&str> {
-    status.metadata().get(REASON_KEY).and_then(|v| v.to_str().ok())
+pub fn reason_of(status: &Status) -> Option<Reason> {
+    status
+        .metadata()
+        .get(REASON_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Reason::parse)
 }
 
 /// An internal failure: logged here with its cause, answered with a generic message.
@@ -305,8 +353,12 @@ mod tests {
 
     #[test]
     fn a_refusal_carries_its_reason() {
-        let status = refused(Code::FailedPrecondition, "OUT_OF_STOCK", "only 2 left");
-        assert_eq!(reason_of(&status), Some("OUT_OF_STOCK"));
+        let status = refused(Code::FailedPrecondition, Reason::OutOfStock, "only 2 left");
+        assert_eq!(reason_of(&status), Some(Reason::OutOfStock));
+        for reason in Reason::ALL {
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(Reason::parse("SOMETHING_ELSE"), None);
         assert_eq!(status.message(), "only 2 left");
     }
 

@@ -23,14 +23,19 @@ async fn borrow_until(reader: &Gql, book: &str, stop: &tokio::sync::watch::Recei
 /// (loans by status, copies outstanding) of a reader, from `myLoans`; a borrow that was killed
 /// after book-svc held its copies and before its loan was stored shows as CANCELED, with the
 /// status `NEVER_STORED` here.
-async fn loans_of(reader: &Gql) -> Vec<(String, String, i64)> {
+/// `Err` while the gateway cannot reach borrow-svc yet (its circuit breaker stays open for a
+/// few seconds after the crash).
+async fn loans_of(reader: &Gql) -> Result<Vec<(String, String, i64)>, String> {
     let reply = reader
         .post(
             "{ myLoans(first: 100) { nodes { id status quantity returnedQuantity cancelReason } } }",
             json!({}),
         )
         .await;
-    reply.data()["myLoans"]["nodes"]
+    if reply.code().is_some() {
+        return Err(format!("myLoans refused: {}", reply.body));
+    }
+    Ok(reply.data()["myLoans"]["nodes"]
         .as_array()
         .map(|nodes| {
             nodes
@@ -49,7 +54,7 @@ async fn loans_of(reader: &Gql) -> Vec<(String, String, i64)> {
                 })
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 #[tokio::test]
@@ -73,7 +78,7 @@ async fn killing_borrow_svc_mid_flight_loses_and_doubles_nothing() {
     for (reader, confirmed) in readers.iter().zip(&confirmed) {
         // Quiet: nothing left PENDING.
         let loans = eventually("every loan settled", Duration::from_secs(30), || async {
-            let loans = loans_of(reader).await;
+            let loans = loans_of(reader).await?;
             if loans.iter().any(|(_, status, _)| status == "PENDING") {
                 Err(format!("still pending: {loans:?}"))
             } else {

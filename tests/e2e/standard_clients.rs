@@ -190,7 +190,14 @@ async fn inputs_are_bounded_and_messages_name_the_clients_arguments(system: &Sys
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{body}");
 
-    // Thousands of aliases run nothing.
+    // Thousands of aliases, or of plain `__typename` (free in the complexity count), run nothing.
+    let typenames = "__typename ".repeat(5000);
+    let batch = anonymous.post(&format!("{{ {typenames} }}"), json!({})).await;
+    assert!(
+        batch.error_message("BAD_USER_INPUT").contains("at most"),
+        "{}",
+        batch.body
+    );
     let aliases: String = (0..3000).map(|i| format!("a{i}: __typename ")).collect();
     let batch = anonymous.post(&format!("{{ {aliases} }}"), json!({})).await;
     assert!(

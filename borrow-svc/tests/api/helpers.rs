@@ -261,8 +261,8 @@ impl System {
     }
 }
 
-pub fn reason(status: &tonic::Status) -> Option<&str> {
-    library_platform::grpc::reason_of(status)
+pub fn reason(status: &tonic::Status) -> Option<&'static str> {
+    library_platform::grpc::reason_of(status).map(library_platform::grpc::Reason::as_str)
 }
 
 /// The holds of book-svc's database: loan id -> (copies, confirmed).
