@@ -33,6 +33,8 @@ GATEWAY_METRICS = {
     "library_borrows_total": ("counter", set()),
     "library_returns_total": ("counter", set()),
     "library_late_fees_won_total": ("counter", set()),
+    # auth.rs: each fetch of the identity provider's JWKS (LIBRARY_JWT_JWKS_URL).
+    "gateway_jwks_fetches_total": ("counter", {"reason", "outcome"}),
 }
 # What each gRPC service exports (on METRICS_ADDR), as the platform records it.
 # platform/src/metrics.rs: per call a service answers (health and reflection not counted);
@@ -73,6 +75,8 @@ LABEL_VALUES = {
     "events_consumed_lag_seconds": {"consumer": CONSUMERS},
     # circulation.rs: the loan open, closed, or never stored.
     "stock_holds_settled_total": {"outcome": {"confirmed", "released", "never_stored"}},
+    # auth.rs: a periodic refresh or a token naming an unknown key id; fetched or not.
+    "gateway_jwks_fetches_total": {"reason": {"refresh", "unknown_kid"}, "outcome": {"ok", "error", "rate_limited"}},
 }
 # Series from kube-state-metrics (installed by prometheus-values.yaml).
 OTHER_METRICS = {"kube_deployment_status_replicas_ready": ("gauge", {"deployment", "namespace"})}
