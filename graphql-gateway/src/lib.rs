@@ -260,7 +260,7 @@ impl Application {
         ready.store(true, Ordering::SeqCst);
         tracing::info!(addr = %listener.local_addr()?, "graphql-gateway serving HTTP");
         // Without TCP_NODELAY a response written in two parts waits for the client's delayed
-        // ACK: 40 ms.
+        // ACK.
         let listener = listener.tap_io(|tcp| {
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");

@@ -58,9 +58,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DatabaseError> {
         });
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         // Ten, not sixteen: each connection holds buffers and a statement cache here and a
-        // backend process on the server, and with two cores more connections only queue. In two
-        // alternating bench pairs: peak RSS 3 MiB lower a service, `Borrow` at 1,000/s p99 62-63
-        // ms against 87-258, the closed loads within the noise.
+        // backend process on the server, and with two cores more connections only queue (less
+        // memory and a lower tail latency in the benchmarks, docs/benchmarks.md).
         options.max_connections(10).min_connections(1);
     } else {
         return Err(DatabaseError::UnsupportedUrl(redact(url)));

@@ -143,7 +143,7 @@ pub async fn serve(
         crate::shutdown::lame_duck(delay).await;
     };
     router
-        // Without TCP_NODELAY a reply's trailers wait for the client's delayed ACK: 40 ms.
+        // Without TCP_NODELAY a reply's trailers wait for the client's delayed ACK.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await?;
     Ok(())

@@ -1,5 +1,5 @@
-//! Front ends send the same few queries over and over, and parsing one was about a tenth of the
-//! gateway's work per request. Parsed documents are kept by query text, least recently used out
+//! Front ends send the same few queries over and over, and parsing one was a noticeable share of
+//! the gateway's work per request. Parsed documents are kept by query text, least recently used out
 //! first; validation (depth and complexity limits included) and execution still run for every
 //! request, with its own variables. A document is checked against the gateway's own bounds
 //! ([`super::limits`]) once, when it is parsed: only documents within them are kept.

@@ -144,9 +144,8 @@ enum Transport {
 /// once events arrive, waits for more before it takes a batch; after a quiet spell it goes at
 /// once ([`crate::drain::linger_if_busy`]). Every hop of the saga is a transaction and a round
 /// trip or two whatever the batch's size, and on a busy machine those fixed costs, paid per
-/// event when batches are small, take the cores from the requests: with two cores at 1,000
-/// borrows/s, `Borrow`'s p99 was 29–40 ms with 10 ms of linger against 292–738 ms without, in
-/// three alternating runs. At 50 borrows/s a loan is still ACTIVE ~6 ms after the reply.
+/// event when batches are small, take the cores from the requests; a quiet system does not
+/// wait at all (measurements: docs/benchmarks.md).
 pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(10);
 
 /// A batch [`EventBus::send`] sent, until the transport confirmed it.

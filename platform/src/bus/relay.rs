@@ -95,15 +95,13 @@ impl Relay {
     /// finished during the drain still leave; prunes the processed-events table meanwhile.
     ///
     /// On PostgreSQL a pass sends its batch and the next pass may start while the broker still
-    /// confirms it (it writes persistent messages to disk first: p50 15 ms, p99 75–100 ms a
-    /// batch on a busy two-core machine), up to [`BATCHES_IN_FLIGHT`] batches; the rows of a
-    /// batch stay locked, and leave the outbox only once confirmed. Waiting for each batch's
-    /// confirmation before sending the next made every event committed meanwhile wait for it
-    /// too, on each of a saga's two relay hops: at 400 borrows/s a loan became ACTIVE p50 86–87
-    /// / p99 196–334 ms after the reply, against 63–67 / 134–151 ms with batches in flight.
-    /// A full batch is still confirmed before the next pass: under a closed, saturating
-    /// `Borrow` load that did 1,410–1,421 borrows/s against 1,305–1,329 and kept the saga
-    /// up (every probed loan ACTIVE within 5 s, against 39–42 % of them), the same at 1,000/s.
+    /// confirms it (it writes persistent messages to disk first, which takes a while on a busy
+    /// machine), up to [`BATCHES_IN_FLIGHT`] batches; the rows of a batch stay locked, and leave
+    /// the outbox only once confirmed. Waiting for each batch's confirmation before sending the
+    /// next made every event committed meanwhile wait for it too, on each of a saga's two relay
+    /// hops. A full batch (a backlog) is still confirmed before the next pass: pipelining
+    /// backlogs let the saga fall behind a saturating load. The measurements are in
+    /// docs/benchmarks.md.
     pub async fn run(self, shutdown: CancellationToken) {
         let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let confirming = TaskTracker::new();
