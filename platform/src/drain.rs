@@ -15,6 +15,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 /// How long a drain sleeps when nothing woke it: the bound on how late a row written by a
 /// crashed process (or another replica's missed wake-up) is handed over.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -245,7 +247,7 @@ pub async fn run_passes<E, F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<usize, E>>,
 {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     // When the last pass that handed rows over ended (a pass over nothing is no work).
     let mut free_since = tokio::time::Instant::now();
     loop {
@@ -256,14 +258,14 @@ pub async fn run_passes<E, F, Fut>(
         match outcome {
             // A full batch: more may be waiting.
             Ok(count) if count as u64 >= batch_size => {
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
                 continue;
             }
             // Every row committed before this pass began is handed over (or locked by another
             // replica's pass); a commit since then has left a wake-up, so waiting loses nothing
             // and spares a pass over an empty table.
             Ok(_) => {
-                backoff = FIRST_BACKOFF;
+                backoff.reset();
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = wake.notified() => {
@@ -279,12 +281,12 @@ pub async fn run_passes<E, F, Fut>(
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, drain = what, retry_in_ms = backoff.as_millis() as u64, "a drain pass failed; its rows stay for the next");
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, drain = what, retry_in_ms = delay.as_millis() as u64, "a drain pass failed; its rows stay for the next");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {},
+                    _ = tokio::time::sleep(delay) => {},
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! storage and its gRPC mapping.
 //!
 //! # Layout
+//! - [`backoff`]: the waits of every retry loop (exponential, capped, reset on success).
 //! - [`config`]: settings from environment variables and flags, checked at start.
 //! - [`telemetry`]: `tracing` (text or JSON for Loki), OpenTelemetry export, W3C trace context.
 //! - [`database`]: sea-orm connections to PostgreSQL or SQLite and the migrations every service
@@ -18,6 +19,7 @@
 //! - [`shutdown`]: the process's stop signal.
 //! - `test_support` (feature `test-support`): fresh databases and bus namespaces for tests.
 
+pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod database;

@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use super::outbox::ProcessedEvents;
 use super::{EventEnvelope, Outbox};
+use crate::backoff::Backoff;
 use crate::drain::linger_if_busy;
 
 /// Attempts before a failing message goes to the dead-letter queue.
@@ -389,7 +390,7 @@ impl Subscriptions {
     /// One event in its own transaction, retried with backoff, inside its `span`.
     async fn apply_alone(&self, envelope: &EventEnvelope, span: &tracing::Span) -> Result<(), String> {
         async {
-            let mut delay = Duration::from_millis(50);
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
             let mut attempt = 1;
             loop {
                 let outcome = async {
@@ -407,8 +408,7 @@ impl Subscriptions {
                     }
                     Err(HandleError::Failed(reason)) => {
                         tracing::warn!(attempt, %reason, "event handler failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
+                        tokio::time::sleep(backoff.next_delay()).await;
                         attempt += 1;
                     }
                 }

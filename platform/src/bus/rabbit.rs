@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::consumer::lingering_batches;
 use super::{BusError, BusNames, EventEnvelope, Subscriptions};
+use crate::backoff::Backoff;
 
 /// Deliveries one consumer holds unacknowledged.
 const PREFETCH: u16 = 128;
@@ -322,8 +323,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool, lapin::Error>>,
 {
-    const FIRST_DELAY: Duration = Duration::from_millis(200);
-    let mut delay = FIRST_DELAY;
+    let mut backoff = Backoff::new(Duration::from_millis(200), MAX_RECONNECT_DELAY);
     while !shutdown.is_cancelled() {
         let started = tokio::time::Instant::now();
         let error = match session().await {
@@ -333,14 +333,14 @@ where
         };
         if started.elapsed() > MAX_RECONNECT_DELAY {
             // A session that lasted was healthy: start the backoff over.
-            delay = FIRST_DELAY;
+            backoff.reset();
         }
+        let delay = backoff.next_delay();
         tracing::warn!(what, %error, retry_in_ms = delay.as_millis() as u64, "lost the broker; reconnecting");
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {},
         }
-        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
 }
 
