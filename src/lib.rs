@@ -322,7 +322,7 @@ fn announce(
         .map(database::redact)
         .unwrap_or_else(|| "SQLite files under ./data/".into());
     let events = if in_process { "in-process event bus" } else { "RabbitMQ" };
-    tracing::info!(graphiql = %format!("http://localhost:{port}/"), %storage, %events, "library is running");
+    tracing::info!(graphiql = %format!("http://localhost:{port}/graphiql"), %storage, %events, "library is running");
     match development_key {
         Some(DevelopmentKey {
             path: Some(path), made, ..

@@ -10,7 +10,7 @@
 //! fetched again, and such fetches are rate-limited so that a flood of made-up key ids cannot
 //! hammer the identity provider; [`JwtKeys::keep_fresh`] also re-reads the set periodically, so
 //! keys the provider retires stop being accepted.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -257,11 +257,10 @@ impl JwtKeys {
     /// Fetches the JWKS once (at start). A provider that cannot be reached is logged, not fatal:
     /// catalogue reads need no token, and the set is fetched again soon.
     pub async fn load_jwks(&self) {
-        if let Some(jwks) = &self.inner.jwks {
-            let _refreshing = jwks.refreshing.lock().await;
-            if let Err(error) = jwks.fetch_and_store().await {
-                tracing::warn!(%error, url = %jwks.url, "the JWKS cannot be fetched yet; tokens it signs are refused until it can");
-            }
+        if let Some(jwks) = &self.inner.jwks
+            && let Err(error) = jwks.refresh().await
+        {
+            tracing::warn!(%error, url = %jwks.url, "the JWKS cannot be fetched yet; tokens it signs are refused until it can");
         }
     }
 
@@ -272,7 +271,7 @@ impl JwtKeys {
             return;
         };
         loop {
-            let wait = if jwks.healthy.load(Ordering::Relaxed) == 1 {
+            let wait = if jwks.healthy.load(Ordering::Relaxed) {
                 jwks.policy.refresh_every
             } else {
                 jwks.policy.retry_after_failure
@@ -281,8 +280,7 @@ impl JwtKeys {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
-            let _refreshing = jwks.refreshing.lock().await;
-            if let Err(error) = jwks.fetch_and_store().await {
+            if let Err(error) = jwks.refresh().await {
                 tracing::warn!(%error, url = %jwks.url, "the JWKS cannot be fetched; the keys already known stay in use");
             }
         }
@@ -398,8 +396,8 @@ struct Jwks {
     /// Bumped at every stored set, so a request that waited for a fetch another one made does
     /// not fetch again.
     generation: AtomicU64,
-    /// 1 when the last fetch succeeded.
-    healthy: AtomicU64,
+    /// Whether the last fetch succeeded.
+    healthy: AtomicBool,
     /// Held while fetching (one fetch at a time); holds when an unknown key id last fetched.
     refreshing: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -429,7 +427,7 @@ impl Jwks {
             audience,
             keys: RwLock::new(Arc::new(Vec::new())),
             generation: AtomicU64::new(0),
-            healthy: AtomicU64::new(0),
+            healthy: AtomicBool::new(false),
             refreshing: tokio::sync::Mutex::new(None),
         })
     }
@@ -487,21 +485,27 @@ impl Jwks {
             return;
         }
         *last = Some(Instant::now());
-        if let Err(error) = self.fetch_and_store().await {
+        if let Err(error) = self.fetch_and_store("unknown_kid").await {
             tracing::warn!(%error, url = %self.url, "the JWKS cannot be fetched for a token with an unknown key id");
         }
     }
 
+    /// Fetches the set (at start and periodically), one fetch at a time.
+    async fn refresh(&self) -> Result<(), AuthError> {
+        let _refreshing = self.refreshing.lock().await;
+        self.fetch_and_store("refresh").await
+    }
+
     /// Fetches the set and replaces the keys in use; on failure the keys in use stay. The
-    /// caller holds `refreshing`.
-    async fn fetch_and_store(&self) -> Result<(), AuthError> {
+    /// caller holds `refreshing`; `reason` labels the fetch in the metrics.
+    async fn fetch_and_store(&self, reason: &'static str) -> Result<(), AuthError> {
         let outcome = self.fetch().await;
         let label = if outcome.is_ok() { "ok" } else { "error" };
-        metrics::counter!("gateway_jwks_fetches_total", "reason" => "refresh", "outcome" => label).increment(1);
+        metrics::counter!("gateway_jwks_fetches_total", "reason" => reason, "outcome" => label).increment(1);
         let keys = match outcome {
             Ok(keys) => keys,
             Err(error) => {
-                self.healthy.store(0, Ordering::Relaxed);
+                self.healthy.store(false, Ordering::Relaxed);
                 return Err(error);
             }
         };
@@ -513,7 +517,7 @@ impl Jwks {
             Err(poisoned) => *poisoned.into_inner() = keys,
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.healthy.store(1, Ordering::Relaxed);
+        self.healthy.store(true, Ordering::Relaxed);
         Ok(())
     }
 

@@ -218,29 +218,25 @@ pub fn read_get(headers: &HeaderMap, raw_query: Option<&str>) -> Result<GraphQLR
     if fields.query.is_none() && prefers_html(headers) {
         return Err(Refusal::ShowGraphiQL);
     }
-    let json = |name: &str, text: Option<String>| -> Result<Option<serde_json::Value>, Refusal> {
-        text.filter(|t| !t.is_empty())
-            .map(|t| serde_json::from_str(&t))
-            .transpose()
-            .map_err(|_| Refusal::BadRequest(format!("`{name}` is not valid JSON")))
-    };
     let params = Params {
         query: fields.query,
         operation_name: fields.operation_name,
-        variables: json("variables", fields.variables)?
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|_| Refusal::BadRequest("`variables` must be a JSON object".into()))?,
-        extensions: json("extensions", fields.extensions)?
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|_| Refusal::BadRequest("`extensions` must be a JSON object".into()))?,
+        variables: json_object("variables", fields.variables)?,
+        extensions: json_object("extensions", fields.extensions)?,
     };
     let request = params.into_request()?;
     if is_mutation(&request) {
         return Err(Refusal::MutationOverGet);
     }
     Ok(request)
+}
+
+/// A query-string parameter holding a JSON object; empty or absent is none.
+fn json_object<T: serde::de::DeserializeOwned>(name: &str, text: Option<String>) -> Result<Option<T>, Refusal> {
+    text.filter(|t| !t.is_empty())
+        .map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|_| Refusal::BadRequest(format!("`{name}` must be a JSON object")))
 }
 
 /// Whether the operation the request selects is a mutation (a document that does not parse is

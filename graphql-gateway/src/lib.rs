@@ -219,9 +219,10 @@ impl Application {
             .await
             .with_context(|| format!("GATEWAY_HTTP_ADDR: cannot listen on {}", config.http_addr))?;
         library_platform::metrics::prometheus();
+        let served_schema = schema::build(downstreams.clone(), shutdown.clone());
         let state = http::AppState {
-            schema: schema::build(downstreams.clone(), shutdown.clone()),
-            sdl: schema::sdl().into(),
+            sdl: served_schema.sdl().into(),
+            schema: served_schema,
             cors,
             keys,
             downstreams,

@@ -325,15 +325,7 @@ pub fn parse_user_id(value: &str) -> Result<&str, Status> {
 pub fn parse_id(field: &str, value: &str) -> Result<String, Status> {
     uuid::Uuid::parse_str(value.trim())
         .map(|id| id.to_string())
-        .map_err(|_| invalid_field(field, format!("`{}` is not a valid id", shorten(value))))
-}
-
-/// At most 64 characters of a value echoed in a message.
-fn shorten(value: &str) -> String {
-    match value.char_indices().nth(64) {
-        Some((end, _)) => format!("{}…", &value[..end]),
-        None => value.to_owned(),
-    }
+        .map_err(|_| invalid_field(field, format!("`{}` is not a valid id", crate::text::excerpt(value))))
 }
 
 #[cfg(test)]

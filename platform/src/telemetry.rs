@@ -249,11 +249,6 @@ impl TraceHeaders {
     }
 }
 
-/// The W3C `traceparent` of the current span, to put on an outgoing message.
-pub fn current_traceparent() -> Option<String> {
-    TraceHeaders::current().map(|headers| headers.traceparent)
-}
-
 /// Reads a `traceparent` and a `tracestate` for the propagator.
 struct Carrier<'a> {
     traceparent: Option<&'a str>,
@@ -290,11 +285,6 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>, tracestate: O
     }
 }
 
-/// Makes `span` a child of the trace named by `traceparent` (from an incoming message).
-pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
-    set_parent(span, traceparent, None);
-}
-
 /// Copies the current trace context into outgoing gRPC metadata.
 pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
     let Some(headers) = TraceHeaders::current() else {
@@ -309,12 +299,12 @@ pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
 }
 
 /// The `traceparent` of incoming gRPC or HTTP headers.
-pub fn traceparent_of(headers: &http::HeaderMap) -> Option<&str> {
+fn traceparent_of(headers: &http::HeaderMap) -> Option<&str> {
     headers.get("traceparent").and_then(|v| v.to_str().ok())
 }
 
 /// The `tracestate` of incoming gRPC or HTTP headers.
-pub fn tracestate_of(headers: &http::HeaderMap) -> Option<&str> {
+fn tracestate_of(headers: &http::HeaderMap) -> Option<&str> {
     headers.get("tracestate").and_then(|v| v.to_str().ok())
 }
 

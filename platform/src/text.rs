@@ -1,4 +1,5 @@
-//! Counted words in messages people read: "1 copy is on loan", "3 copies are on loan".
+//! Words in messages people read: counted ("1 copy is on loan", "3 copies are on loan"), and
+//! what a client sent, shortened.
 
 /// `n` copies, with the noun agreeing: "1 copy", "0 copies", "3 copies".
 pub fn copies(n: impl Into<i64>) -> String {
@@ -13,6 +14,15 @@ pub fn copies(n: impl Into<i64>) -> String {
 /// The verb agreeing with `n` things: "is" for one, "are" otherwise.
 pub fn is_are(n: impl Into<i64>) -> &'static str {
     if n.into() == 1 { "is" } else { "are" }
+}
+
+/// At most 64 characters of a value a client sent, to echo in a message (an id that is not one
+/// may be a whole request body long).
+pub fn excerpt(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
+    }
 }
 
 #[cfg(test)]

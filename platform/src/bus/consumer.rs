@@ -261,16 +261,12 @@ impl Subscriptions {
         let valid: Vec<usize> = (0..batch.len()).filter(|i| outcomes[*i].is_none()).collect();
         // One span per event, open until its outcome is known, whether it is applied with the
         // batch or alone after the batch failed.
-        let spans: Vec<Option<tracing::Span>> = outcomes
-            .iter()
-            .zip(batch)
-            .map(|(outcome, envelope)| outcome.is_none().then(|| self.consume_span(envelope)))
-            .collect();
+        let spans: Vec<tracing::Span> = batch.iter().map(|envelope| self.consume_span(envelope)).collect();
         if valid.len() > 1 {
             let span = tracing::info_span!("consume_batch", consumer = %self.consumer, size = valid.len());
             // The transaction's own trace, linked to each event's, where a trace viewer finds
             // what else was applied with an event.
-            for event_span in spans.iter().flatten() {
+            for event_span in valid.iter().map(|i| &spans[*i]) {
                 use opentelemetry::trace::TraceContextExt;
                 use tracing_opentelemetry::OpenTelemetrySpanExt;
                 span.add_link(event_span.context().span().span_context().clone());
@@ -283,10 +279,8 @@ impl Subscriptions {
             }
         }
         for i in valid {
-            if outcomes[i].is_none()
-                && let Some(span) = &spans[i]
-            {
-                outcomes[i] = Some(self.apply_alone(&batch[i], span).await);
+            if outcomes[i].is_none() {
+                outcomes[i] = Some(self.apply_alone(&batch[i], &spans[i]).await);
             }
         }
         let outcomes: Vec<Result<(), String>> = outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
@@ -323,7 +317,7 @@ impl Subscriptions {
         &self,
         batch: &[EventEnvelope],
         valid: &[usize],
-        spans: &[Option<tracing::Span>],
+        spans: &[tracing::Span],
     ) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
         let mut claimed = self
@@ -331,7 +325,7 @@ impl Subscriptions {
             .await?;
         let fresh = valid
             .iter()
-            .filter_map(|i| Some((&batch[*i], spans[*i].as_ref()?)))
+            .map(|i| (&batch[*i], &spans[*i]))
             .filter(|(envelope, _)| claimed.remove(envelope.event_id.as_str()));
         self.handle_runs(&txn, fresh).await?;
         self.outbox.commit(txn).await?;
